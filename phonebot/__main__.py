@@ -1,0 +1,5 @@
+import sys
+
+from phonebot.cli import main
+
+sys.exit(main())

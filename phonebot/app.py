@@ -1,0 +1,51 @@
+"""build_app(settings): the routes, and the one place the telephony side and the model side are wired into calls."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from phonebot import errors
+from phonebot.call.calls import Calls
+from phonebot.call.ports import ModelConnector
+from phonebot.gemini.live import GeminiLive
+from phonebot.settings import MissingSetting, Settings
+from phonebot.telephony.stream import TwilioStream, media_endpoint
+from phonebot.telephony.voice import voice_endpoint
+
+
+def build_app(settings: Settings, connector: ModelConnector | None = None) -> Starlette:
+    calls = Calls(connector or GeminiLive(settings))
+
+    async def run_call(stream: TwilioStream) -> None:
+        await calls.run(stream)
+
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def readyz(_request: Request) -> JSONResponse:
+        return JSONResponse({"ready": True, "active_calls": len(calls.active)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        await calls.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/twilio/voice", voice_endpoint(settings, calls.prepare), methods=["POST"]),
+            WebSocketRoute("/twilio/media", media_endpoint(settings, run_call)),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        exception_handlers={MissingSetting: errors.missing_setting},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.calls = calls
+    return app

@@ -1,0 +1,100 @@
+"""Every call this process handles, and model sessions opened before their calls' streams.
+
+Twilio's voice webhook comes a second or so before the media stream connects. Opening
+the Live session (and asking for the greeting) at the webhook hides the model's connect
+and setup time inside that second, so the greeting is ready when the stream starts.
+A stream that finds no early session (another replica took the webhook, or none was
+made) opens one itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import structlog
+
+from phonebot.call.ports import CallerPort, CallInfo, ModelConnector, ModelPort
+from phonebot.call.session import CallSession
+
+GREETING_CUE = "(The call has connected. Greet the caller now.)"
+EARLY_SESSION_TTL_S = 30.0  # an early session no stream claims by then is closed
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Early:
+    task: asyncio.Task[ModelPort]
+    expiry: asyncio.TimerHandle
+
+
+class Calls:
+    def __init__(self, connector: ModelConnector) -> None:
+        self._connector = connector
+        self._early: dict[str, _Early] = {}
+        self.active: dict[str, CallSession] = {}
+        self._discarding: set[asyncio.Task[None]] = set()
+
+    def prepare(self, info: CallInfo) -> None:
+        """Start opening the call's model session now; its stream will claim it."""
+        if info.call_sid in self._early or info.call_sid in self.active:
+            return
+        task = asyncio.create_task(self._open(info), name=f"early model {info.call_sid}")
+        expiry = asyncio.get_running_loop().call_later(EARLY_SESSION_TTL_S, self._expire, info.call_sid)
+        self._early[info.call_sid] = _Early(task, expiry)
+
+    async def run(self, caller: CallerPort) -> str:
+        """Run a call whose stream has started, until it ends. Returns the end reason."""
+        info = caller.info
+        with structlog.contextvars.bound_contextvars(call_sid=info.call_sid):
+            log.info("call.started", direction=info.direction, caller=info.caller_number)
+            try:
+                model = await self._claim(info)
+            except Exception as error:  # noqa: BLE001 - the call fails, never the server
+                log.error("call.model_unavailable", error=repr(error))
+                return "model_unavailable"
+            session = CallSession(caller, model)
+            self.active[info.call_sid] = session
+            try:
+                return await session.run()
+            finally:
+                del self.active[info.call_sid]
+
+    async def aclose(self) -> None:
+        """Close sessions no stream has claimed (shutdown)."""
+        for call_sid in list(self._early):
+            await self._discard(call_sid)
+
+    async def _claim(self, info: CallInfo) -> ModelPort:
+        early = self._early.pop(info.call_sid, None)
+        if early is None:
+            return await self._open(info)
+        early.expiry.cancel()
+        return await early.task
+
+    async def _open(self, info: CallInfo) -> ModelPort:
+        model = await self._connector.connect(info)
+        try:
+            await model.send_text(GREETING_CUE)  # the bot speaks first
+        except BaseException:
+            await model.close()
+            raise
+        return model
+
+    def _expire(self, call_sid: str) -> None:
+        log.warning("call.early_session_unclaimed", call_sid=call_sid)
+        task = asyncio.create_task(self._discard(call_sid))
+        self._discarding.add(task)  # hold a reference until it is done
+        task.add_done_callback(self._discarding.discard)
+
+    async def _discard(self, call_sid: str) -> None:
+        early = self._early.pop(call_sid, None)
+        if early is None:
+            return
+        early.expiry.cancel()
+        early.task.cancel()
+        with contextlib.suppress(BaseException):
+            model = await early.task
+            await model.close()

@@ -1,0 +1,72 @@
+"""The mark ledger: how much of each bot turn the caller has actually heard.
+
+Audio is sent to the phone faster than it plays, so "sent" is not "heard". After each
+chunk the call asks the telephony side for a mark named after the turn and the audio
+sent so far; the mark comes back once that audio has played. On barge-in the turn is
+frozen: marks that come back after the `clear` are for audio that was thrown away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class BotTurn:
+    index: int
+    sample_rate: int
+    sent_samples: int = 0
+    heard_samples: int = 0
+    interrupted: bool = False
+    finished: bool = False
+
+    @property
+    def sent_ms(self) -> float:
+        return self.sent_samples * 1000 / self.sample_rate
+
+    @property
+    def heard_ms(self) -> float:
+        return self.heard_samples * 1000 / self.sample_rate
+
+
+class Playback:
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.turns: list[BotTurn] = []
+        self._current: BotTurn | None = None
+
+    def sent(self, pcm_bytes: int) -> str:
+        """Count audio sent to the caller; returns the name of the mark to send after it."""
+        turn = self._current
+        if turn is None:
+            turn = self._current = BotTurn(len(self.turns), self.sample_rate)
+            self.turns.append(turn)
+        turn.sent_samples += pcm_bytes // 2
+        return f"{turn.index}:{turn.sent_samples}"
+
+    def heard(self, mark: str) -> None:
+        index, _, samples = mark.partition(":")
+        if not (index.isdigit() and samples.isdigit()) or int(index) >= len(self.turns):
+            return  # not one of ours
+        turn = self.turns[int(index)]
+        if not turn.interrupted:
+            turn.heard_samples = max(turn.heard_samples, int(samples))
+
+    def interrupt(self) -> BotTurn | None:
+        """The caller barged in: freeze the current turn at what was heard by now."""
+        turn, self._current = self._current, None
+        if turn is not None:
+            turn.interrupted = True
+        return turn
+
+    def finish(self) -> BotTurn | None:
+        """The model finished the turn; its marks may still be coming back."""
+        turn, self._current = self._current, None
+        if turn is not None:
+            turn.finished = True
+        return turn
+
+    @property
+    def playing(self) -> bool:
+        """Whether the caller still has bot audio to hear."""
+        return any(not t.interrupted and t.heard_samples < t.sent_samples for t in self.turns[-2:])

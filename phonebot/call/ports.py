@@ -1,0 +1,134 @@
+"""The two seams of a call, as protocols and plain event types.
+
+The telephony side (`phonebot.telephony`) implements `CallerPort`; the model side
+(`phonebot.gemini`) implements `ModelPort`. Neither imports the other: this module is
+all they share. Audio crossing either seam is 16-bit little-endian mono PCM bytes at
+the side's own rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Direction = Literal["inbound", "outbound"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What is known about a call before any audio flows."""
+
+    call_sid: str
+    from_number: str = ""
+    to_number: str = ""
+    direction: Direction = "inbound"
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def caller_number(self) -> str:
+        """The other party's number: who dialled us, or whom we dialled."""
+        return self.from_number if self.direction == "inbound" else self.to_number
+
+
+# -- caller side --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAudio:
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallerDigit:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackMark:
+    """All bot audio sent before the mark of this name has been played to the caller."""
+
+    name: str
+
+
+CallerEvent = CallerAudio | CallerDigit | PlaybackMark
+
+
+class CallerPort(Protocol):
+    """The person on the phone. `events()` ends when they hang up."""
+
+    info: CallInfo
+    sample_rate: int
+
+    def events(self) -> AsyncIterator[CallerEvent]: ...
+
+    async def play(self, pcm: bytes) -> None:
+        """Queue bot audio for the caller (any length; sent as it completes frames)."""
+
+    async def mark(self, name: str) -> None:
+        """Ask for `PlaybackMark(name)` once everything queued so far has been heard."""
+
+    async def flush(self) -> None:
+        """Send any partial frame now (the end of a bot turn)."""
+
+    async def clear(self) -> None:
+        """Drop every bit of bot audio the caller has not heard yet."""
+
+    async def close(self) -> None:
+        """End the stream (idempotent)."""
+
+
+# -- model side ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BotAudio:
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BotInterrupted:
+    """The caller spoke over the bot; the model stopped generating this turn."""
+
+
+@dataclass(frozen=True, slots=True)
+class BotTurnComplete:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    role: Literal["caller", "bot"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelClosed:
+    """The model's connection ended; `code` is the WebSocket close code."""
+
+    code: int
+    reason: str
+
+
+ModelEvent = BotAudio | BotInterrupted | BotTurnComplete | Transcript | ModelClosed
+
+
+class ModelPort(Protocol):
+    """One conversation with the model. `events()` ends after `ModelClosed`."""
+
+    input_rate: int
+    output_rate: int
+
+    async def send_audio(self, pcm: bytes) -> None: ...
+
+    async def send_text(self, text: str) -> None:
+        """Text the model reads as the caller's input, mid-call (greeting cue, DTMF)."""
+
+    def events(self) -> AsyncIterator[ModelEvent]: ...
+
+    async def close(self) -> None:
+        """End the conversation (idempotent)."""
+
+
+class ModelConnector(Protocol):
+    async def connect(self, info: CallInfo) -> ModelPort: ...

@@ -1,0 +1,68 @@
+"""`phonebot serve | doctor`: thin commands over settings and the app."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from phonebot import logs
+from phonebot.settings import Settings, describe_invalid, diagnose
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.load()
+    except ValidationError as error:
+        print("phonebot: invalid settings:", file=sys.stderr)
+        for line in describe_invalid(error):
+            print(f"  - {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from phonebot.app import build_app
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    for problem in settings.problems():
+        logs.get_logger("phonebot").warning("settings.problem", problem=problem)
+    uvicorn.run(
+        build_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        ws_ping_interval=None,  # Twilio keeps the media socket busy; a slow pong must not end a call
+    )
+    return 0
+
+
+def doctor(_args: argparse.Namespace) -> int:
+    problems = diagnose()
+    if not problems:
+        print("phonebot doctor: all settings look right")
+        return 0
+    print(f"phonebot doctor: {len(problems)} problem(s):")
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phonebot", description="Phone calls answered by Gemini Live.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the service")
+    serve_cmd.add_argument("--host", default="0.0.0.0")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.set_defaults(func=serve)
+    commands.add_parser("doctor", help="check the settings and say what is missing").set_defaults(func=doctor)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

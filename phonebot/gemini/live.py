@@ -1,0 +1,120 @@
+"""The model's side of a call: one Gemini Live session through google-genai.
+
+`GeminiLive` is the `ModelConnector`; `LiveSession` the `ModelPort`. Gemini's message
+types are translated into `phonebot.call.ports` events here and go no further.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import structlog
+from google import genai
+from google.genai import errors, types
+
+from phonebot.call.ports import (
+    BotAudio,
+    BotInterrupted,
+    BotTurnComplete,
+    CallInfo,
+    ModelClosed,
+    ModelEvent,
+    Transcript,
+)
+from phonebot.gemini.setup import live_config
+from phonebot.settings import MissingSetting, Settings
+
+INPUT_RATE = 16000
+OUTPUT_RATE = 24000
+_INPUT_MIME = f"audio/pcm;rate={INPUT_RATE}"
+
+log = structlog.get_logger(__name__)
+
+
+class GeminiLive:
+    """Opens Live sessions. The SDK reads its key, endpoint and CA bundle from the environment."""
+
+    def __init__(self, settings: Settings, client: genai.Client | None = None) -> None:
+        self._settings = settings
+        self._client = client
+
+    def client(self) -> genai.Client:
+        # Made on first use, so that the service starts (and answers health checks) without a key.
+        if self._client is None:
+            if self._settings.google_api_key is None:
+                raise MissingSetting("GOOGLE_API_KEY", "to talk to Gemini (GEMINI_API_KEY works too)")
+            self._client = genai.Client()
+        return self._client
+
+    async def connect(self, info: CallInfo) -> LiveSession:
+        client = self.client()
+        stack = contextlib.AsyncExitStack()
+        try:
+            session = await stack.enter_async_context(
+                client.aio.live.connect(
+                    model=self._settings.gemini_model, config=live_config(self._settings, info)
+                )
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        return LiveSession(session, stack)
+
+
+class LiveSession:
+    input_rate = INPUT_RATE
+    output_rate = OUTPUT_RATE
+
+    def __init__(self, session: genai.live.AsyncSession, stack: contextlib.AsyncExitStack) -> None:
+        self._session = session
+        self._stack = stack
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await self._session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=_INPUT_MIME))
+
+    async def send_text(self, text: str) -> None:
+        # Realtime text, not client_content: 3.x models take client_content only as
+        # history before the conversation starts.
+        await self._session.send_realtime_input(text=text)
+
+    async def events(self) -> AsyncIterator[ModelEvent]:
+        try:
+            while True:  # receive() ends at each turnComplete
+                async for message in self._session.receive():
+                    for event in translate(message):
+                        yield event
+        except errors.APIError as error:
+            yield ModelClosed(error.code, str(error.message or error.status or ""))
+        except Exception as error:  # noqa: BLE001 - any failure of the socket ends the session
+            log.warning("model.receive_failed", error=repr(error))
+            yield ModelClosed(1006, repr(error))
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+def translate(message: types.LiveServerMessage) -> Iterator[ModelEvent]:
+    """One server message may carry several things; yield them in the order they matter."""
+    content = message.server_content
+    if content is not None:
+        yield from _content(content)
+    if message.go_away is not None:
+        log.info("model.go_away", time_left=message.go_away.time_left)
+    if message.tool_call is not None:
+        log.warning("model.tool_call_unsupported", calls=[c.name for c in message.tool_call.function_calls or []])
+
+
+def _content(content: types.LiveServerContent) -> Iterator[ModelEvent]:
+    if content.interrupted:
+        yield BotInterrupted()
+    if content.input_transcription is not None and content.input_transcription.text:
+        yield Transcript("caller", content.input_transcription.text)
+    if content.model_turn is not None:
+        for part in content.model_turn.parts or ():
+            if part.inline_data is not None and part.inline_data.data:
+                yield BotAudio(part.inline_data.data)
+    if content.output_transcription is not None and content.output_transcription.text:
+        yield Transcript("bot", content.output_transcription.text)
+    if content.turn_complete:
+        yield BotTurnComplete()

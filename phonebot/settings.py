@@ -1,0 +1,153 @@
+"""One typed settings object, read from the environment and `.env`. The only reader of either.
+
+Settings a request cannot do without are optional here, so the service starts and answers
+health checks without them; `Settings.require()` names the missing variable when a request
+needs it, and `Settings.problems()` lists every problem at once for `phonebot doctor`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from dotenv import load_dotenv
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
+DEFAULT_PROMPT = Path(__file__).parent / "prompts" / "receptionist.md"
+
+
+class MissingSetting(RuntimeError):
+    """A request needs a setting that is not set."""
+
+    def __init__(self, variable: str, purpose: str) -> None:
+        super().__init__(f"{variable} is not set; it is required {purpose}")
+        self.variable = variable
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    # Gemini. The SDK reads its own key and endpoint variables itself; they are here only so
+    # `doctor` can tell whether a key is set.
+    google_api_key: str | None = Field(None, validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY"))
+    gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL")
+    gemini_voice: str = Field("Kore", validation_alias="GEMINI_VOICE")
+    gemini_language: str | None = Field(None, validation_alias="GEMINI_LANGUAGE")
+    gemini_temperature: float | None = Field(None, ge=0.0, le=2.0, validation_alias="GEMINI_TEMPERATURE")
+    prompt_file: Path = Field(DEFAULT_PROMPT, validation_alias="PHONEBOT_PROMPT_FILE")
+
+    # Twilio.
+    public_url: str | None = Field(None, validation_alias="PHONEBOT_PUBLIC_URL")
+    twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: str | None = Field(None, validation_alias="TWILIO_AUTH_TOKEN", repr=False)
+
+    # Logs.
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
+    log_format: Literal["json", "console"] | None = Field(None, validation_alias="LOG_FORMAT")
+
+    @field_validator("public_url")
+    @classmethod
+    def _https_base(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith("https://"):
+            raise ValueError("must be the https:// URL Twilio reaches this service at")
+        return value.rstrip("/")
+
+    @field_validator("gemini_language", "gemini_temperature", "twilio_account_sid", "twilio_auth_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @classmethod
+    def load(cls, env_file: str | os.PathLike[str] | None = ".env") -> Settings:
+        """Read `.env` (never overriding the real environment), then the environment.
+
+        `.env` is loaded into the process environment so that google-genai sees its own
+        variables (GOOGLE_API_KEY, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE) from it too.
+        """
+        if env_file is not None and Path(env_file).is_file():
+            load_dotenv(env_file, override=False)
+        return cls()
+
+    # -- what a request needs -------------------------------------------------------------
+
+    @property
+    def stream_url(self) -> str:
+        """The `wss://` URL of the media stream, exactly as written into TwiML and signed by Twilio."""
+        return "wss://" + self.require_public_url().removeprefix("https://") + "/twilio/media"
+
+    def require_public_url(self) -> str:
+        if self.public_url is None:
+            raise MissingSetting("PHONEBOT_PUBLIC_URL", "to answer calls (Twilio signs this URL)")
+        return self.public_url
+
+    def require_auth_token(self) -> str:
+        if self.twilio_auth_token is None:
+            raise MissingSetting("TWILIO_AUTH_TOKEN", "to check Twilio's request signatures")
+        return self.twilio_auth_token
+
+    def prompt(self) -> str:
+        return self.prompt_file.read_text(encoding="utf-8")
+
+    # -- doctor ---------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Every problem that would stop a call, at once."""
+        found = []
+        if self.google_api_key is None:
+            found.append("GOOGLE_API_KEY (or GEMINI_API_KEY) is not set; it is required for calls")
+        if self.public_url is None:
+            found.append("PHONEBOT_PUBLIC_URL is not set; it is required for calls")
+        if self.twilio_account_sid is None:
+            found.append("TWILIO_ACCOUNT_SID is not set; it is required for calls")
+        if self.twilio_auth_token is None:
+            found.append("TWILIO_AUTH_TOKEN is not set; it is required for calls")
+        try:
+            if not self.prompt().strip():
+                found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} is empty")
+        except OSError as error:
+            found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} cannot be read: {error.strerror}")
+        return found
+
+
+def _variable_to_field() -> dict[str, str]:
+    names = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        for variable in alias.choices if isinstance(alias, AliasChoices) else [alias or name]:
+            names[str(variable)] = name
+    return names
+
+
+def describe_invalid(error: ValidationError) -> list[str]:
+    """Pydantic's errors as one line per environment variable. Secrets' values are not shown."""
+    lines = []
+    for item in error.errors():
+        variable = str(item["loc"][0]) if item["loc"] else "?"
+        shown = "" if "TOKEN" in variable or "KEY" in variable else f" (got {item.get('input')!r})"
+        lines.append(f"{variable}: {item['msg'].removeprefix('Value error, ')}{shown}")
+    return lines
+
+
+def diagnose(env_file: str | os.PathLike[str] | None = ".env") -> list[str]:
+    """Every problem with the settings at once: invalid values, then what is missing."""
+    try:
+        return Settings.load(env_file).problems()
+    except ValidationError as error:
+        fields = _variable_to_field()
+        invalid = {fields.get(str(item["loc"][0]), "") for item in error.errors() if item["loc"]}
+        # Look past the invalid values (their defaults stand in) to report the rest too.
+        defaults = {name: Settings.model_fields[name].default for name in invalid if name}
+        invalid_lines = describe_invalid(error)
+        named = tuple(line.split(":")[0] for line in invalid_lines)
+        missing = [line for line in Settings(**defaults).problems() if not line.startswith(named)]
+        return invalid_lines + missing

@@ -1,0 +1,167 @@
+"""The caller's side of a call over a Twilio Media Streams WebSocket.
+
+`TwilioStream` is the `CallerPort` the call talks to: mu-law and `streamSid` stay in here.
+`media_endpoint()` is the Starlette WebSocket route: it checks the handshake signature,
+reads up to Twilio's `start` message and hands the stream to the call side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from phonebot import codec
+from phonebot.call.ports import CallerAudio, CallerDigit, CallerEvent, CallInfo, Direction, PlaybackMark
+from phonebot.settings import MissingSetting, Settings
+from phonebot.telephony import messages
+from phonebot.telephony.signature import signature_ok
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: what Twilio sends, and what we send back
+SAMPLE_RATE = 8000
+
+log = structlog.get_logger(__name__)
+
+StreamHandler = Callable[["TwilioStream"], Awaitable[None]]
+
+
+class TwilioStream:
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, websocket: WebSocket, start: messages.Start) -> None:
+        self.info = _call_info(start)
+        self.stream_sid = start.stream_sid
+        self._ws = websocket
+        self._unframed = bytearray()  # mu-law short of a whole frame
+        self._queued = 0  # mu-law bytes accepted from the call so far
+        self._sent = 0  # ... of which sent to Twilio
+        self._marks: list[tuple[int, str]] = []  # marks waiting for their audio to be sent
+        self.stopped = False  # Twilio said `stop` (as opposed to the socket just closing)
+
+    @classmethod
+    async def accept(cls, websocket: WebSocket) -> TwilioStream | None:
+        """Read up to `start`. None if the stream ends first."""
+        while True:
+            message = await _next_message(websocket)
+            if message is None or isinstance(message, messages.Stop):
+                return None
+            if isinstance(message, messages.Start):
+                if message.encoding != "audio/x-mulaw" or message.sample_rate != SAMPLE_RATE:
+                    log.error("stream.unsupported_format", encoding=message.encoding, rate=message.sample_rate)
+                    return None
+                return cls(websocket, message)
+            if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
+                log.warning("stream.before_start", event=type(message).__name__.lower())
+            elif isinstance(message, messages.Unknown):
+                log.warning("stream.unknown_event", event_name=message.event)
+
+    async def events(self) -> AsyncIterator[CallerEvent]:
+        while (message := await _next_message(self._ws)) is not None:
+            match message:
+                case messages.Media(mulaw=mulaw, track="inbound"):
+                    yield CallerAudio(codec.mulaw_to_pcm(mulaw))
+                case messages.Dtmf(digit=digit):
+                    yield CallerDigit(digit)
+                case messages.Mark(name=name):
+                    yield PlaybackMark(name)
+                case messages.Stop():
+                    self.stopped = True
+                    return
+                case messages.Unknown(event=event):
+                    log.warning("stream.unknown_event", event_name=event)
+                case messages.Start() | messages.Connected():
+                    log.warning("stream.repeated_handshake", event=type(message).__name__.lower())
+
+    async def play(self, pcm: bytes) -> None:
+        self._unframed += codec.pcm_to_mulaw(pcm)
+        self._queued += len(pcm) // 2
+        whole = len(self._unframed) - len(self._unframed) % FRAME_BYTES
+        for start in range(0, whole, FRAME_BYTES):
+            await self._send(messages.media(self.stream_sid, self._unframed[start : start + FRAME_BYTES]))
+        del self._unframed[:whole]
+        self._sent += whole
+        await self._send_due_marks()
+
+    async def mark(self, name: str) -> None:
+        self._marks.append((self._queued, name))
+        await self._send_due_marks()
+
+    async def flush(self) -> None:
+        if self._unframed:
+            await self._send(messages.media(self.stream_sid, bytes(self._unframed)))
+            self._sent += len(self._unframed)
+            self._unframed.clear()
+        await self._send_due_marks()
+
+    async def clear(self) -> None:
+        self._unframed.clear()
+        self._marks.clear()
+        self._sent = self._queued
+        await self._send(messages.clear(self.stream_sid))
+
+    async def close(self) -> None:
+        if self._ws.application_state != WebSocketState.DISCONNECTED:
+            try:
+                await self._ws.close()
+            except RuntimeError:  # the client closed at the same moment
+                pass
+
+    async def _send_due_marks(self) -> None:
+        # A mark goes out right behind the frame that carries the last byte before it.
+        while self._marks and self._marks[0][0] <= self._sent:
+            await self._send(messages.mark(self.stream_sid, self._marks.pop(0)[1]))
+
+    async def _send(self, text: str) -> None:
+        if self._ws.application_state == WebSocketState.CONNECTED:
+            await self._ws.send_text(text)
+
+
+async def _next_message(websocket: WebSocket) -> messages.Message | None:
+    """The next well-formed message; None when the socket closes. Bad ones are logged and skipped."""
+    while True:
+        try:
+            text = await websocket.receive_text()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        try:
+            return messages.parse(text)
+        except messages.ProtocolError as error:
+            log.warning("stream.bad_message", error=str(error), size=len(text))
+
+
+def _call_info(start: messages.Start) -> CallInfo:
+    params = start.custom_parameters
+    direction: Direction = "outbound" if params.get("direction", "").startswith("outbound") else "inbound"
+    return CallInfo(
+        call_sid=start.call_sid,
+        from_number=params.get("from", ""),
+        to_number=params.get("to", ""),
+        direction=direction,
+        parameters=dict(params),
+    )
+
+
+def media_endpoint(settings: Settings, on_stream: StreamHandler) -> Callable[[WebSocket], Awaitable[None]]:
+    async def endpoint(websocket: WebSocket) -> None:
+        try:
+            token, url = settings.require_auth_token(), settings.stream_url
+        except MissingSetting as error:
+            log.error("stream.refused", reason=str(error))
+            await websocket.close(code=1011, reason=error.variable + " is not set")
+            return
+        await websocket.accept()
+        if not signature_ok(token, url, {}, websocket.headers.get("x-twilio-signature")):
+            log.warning("stream.bad_signature", client=websocket.client.host if websocket.client else None)
+            await websocket.close(code=1008, reason="invalid X-Twilio-Signature")
+            return
+        stream = await TwilioStream.accept(websocket)
+        if stream is None:
+            await websocket.close()
+            return
+        try:
+            await on_stream(stream)
+        finally:
+            await stream.close()
+
+    return endpoint
