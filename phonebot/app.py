@@ -19,6 +19,11 @@ from phonebot.telephony.stream import TwilioStream, media_endpoint
 from phonebot.telephony.voice import voice_endpoint
 
 
+# uvicorn options the service needs. No WebSocket pings: Twilio streams a frame every 20 ms,
+# and the stream notices a silent line by itself; a slow pong must never end a call.
+UVICORN_OPTIONS = {"ws_ping_interval": None, "proxy_headers": True, "log_config": None}
+
+
 def build_app(settings: Settings, connector: ModelConnector | None = None) -> Starlette:
     calls = Calls(connector or GeminiLive(settings))
 

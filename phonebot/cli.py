@@ -24,7 +24,7 @@ def _settings() -> Settings:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from phonebot.app import build_app
+    from phonebot.app import UVICORN_OPTIONS, build_app
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -34,9 +34,7 @@ def serve(args: argparse.Namespace) -> int:
         build_app(settings),
         host=args.host,
         port=args.port,
-        log_config=None,
-        proxy_headers=True,
-        ws_ping_interval=None,  # Twilio keeps the media socket busy; a slow pong must not end a call
+        **UVICORN_OPTIONS,
     )
     return 0
 

@@ -75,11 +75,10 @@ def mulaw_roundtrip(pcm: bytes) -> bytes:
 
 
 def amplitude_at(pcm: bytes, rate: int, freq_hz: float, skip_s: float = 0.1) -> float:
-    """Amplitude of the component at `freq_hz` over a whole number of seconds after `skip_s` (exact FFT bins)."""
+    """Amplitude of the component at `freq_hz` after `skip_s` (projection on that frequency)."""
     x = samples(pcm)[int(rate * skip_s) :]
-    x = x[: len(x) // rate * rate]
-    spectrum = np.abs(np.fft.rfft(x)) * 2 / len(x)
-    return float(spectrum[int(round(freq_hz * len(x) / rate))])
+    phasor = np.exp(-2j * np.pi * freq_hz * np.arange(len(x)) / rate)
+    return float(np.abs(np.dot(x, phasor)) * 2 / len(x))
 
 
 def peak_above(pcm: bytes, rate: int, floor_hz: float, skip_s: float = 0.1) -> float:

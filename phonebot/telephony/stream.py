@@ -7,6 +7,9 @@ reads up to Twilio's `start` message and hands the stream to the call side.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -20,6 +23,9 @@ from phonebot.telephony.signature import signature_ok
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: what Twilio sends, and what we send back
 SAMPLE_RATE = 8000
+# Twilio sends a frame every 20 ms for the whole call, silence included: this long with
+# nothing means the connection is dead even if TCP has not noticed (no WebSocket pings needed).
+SILENT_LINE_TIMEOUT_S = 15.0
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +58,7 @@ class TwilioStream:
                     return None
                 return cls(websocket, message)
             if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
-                log.warning("stream.before_start", event=type(message).__name__.lower())
+                log.warning("stream.before_start", kind=type(message).__name__.lower())
             elif isinstance(message, messages.Unknown):
                 log.warning("stream.unknown_event", event_name=message.event)
 
@@ -71,7 +77,7 @@ class TwilioStream:
                 case messages.Unknown(event=event):
                     log.warning("stream.unknown_event", event_name=event)
                 case messages.Start() | messages.Connected():
-                    log.warning("stream.repeated_handshake", event=type(message).__name__.lower())
+                    log.warning("stream.repeated_handshake", kind=type(message).__name__.lower())
 
     async def play(self, pcm: bytes) -> None:
         self._unframed += codec.pcm_to_mulaw(pcm)
@@ -102,10 +108,8 @@ class TwilioStream:
 
     async def close(self) -> None:
         if self._ws.application_state != WebSocketState.DISCONNECTED:
-            try:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the caller went first
                 await self._ws.close()
-            except RuntimeError:  # the client closed at the same moment
-                pass
 
     async def _send_due_marks(self) -> None:
         # A mark goes out right behind the frame that carries the last byte before it.
@@ -113,15 +117,21 @@ class TwilioStream:
             await self._send(messages.mark(self.stream_sid, self._marks.pop(0)[1]))
 
     async def _send(self, text: str) -> None:
+        # A caller who hung up is noticed by `events()`; sending to them is not an error.
         if self._ws.application_state == WebSocketState.CONNECTED:
-            await self._ws.send_text(text)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self._ws.send_text(text)
 
 
 async def _next_message(websocket: WebSocket) -> messages.Message | None:
     """The next well-formed message; None when the socket closes. Bad ones are logged and skipped."""
     while True:
         try:
-            text = await websocket.receive_text()
+            async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
+                text = await websocket.receive_text()
+        except TimeoutError:
+            log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
+            return None
         except (WebSocketDisconnect, RuntimeError):
             return None
         try:

@@ -1,0 +1,120 @@
+"""Fixtures: the real app under uvicorn on 127.0.0.1, a fake Gemini Live server reached by the
+real google-genai SDK through its own environment variables, and fake Twilio callers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from twilio.request_validator import RequestValidator
+
+from phonebot import logs
+from phonebot.app import UVICORN_OPTIONS, build_app
+from phonebot.settings import Settings
+from tests.fakes.gemini_live import FakeLiveServer, make_tls
+from tests.fakes.twilio_media import FakeTwilioCall
+
+AUTH_TOKEN = "test-auth-token"
+PUBLIC_URL = "https://bot.example.test"
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+async def gemini(tls: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeLiveServer]:
+    server_ctx, ca_file = tls
+    async with FakeLiveServer(server_ctx) as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+        monkeypatch.setenv("GOOGLE_API_KEY", "test-api-key")
+        monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+        yield server
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "public_url": PUBLIC_URL,
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": AUTH_TOKEN,
+        "google_api_key": "test-api-key",
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    app: Any
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def media_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio/media"
+
+    def caller(self, signature: str | None = "valid", **kwargs: Any) -> FakeTwilioCall:
+        if signature == "valid":
+            signature = FakeTwilioCall.sign(AUTH_TOKEN, self.settings.stream_url)
+        return FakeTwilioCall(self.media_url, signature=signature, **kwargs)
+
+    async def post_voice(self, form: dict[str, str], signature: str | None = "valid") -> httpx.Response:
+        headers = {}
+        if signature == "valid":
+            signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/twilio/voice", form)
+        if signature is not None:
+            headers["X-Twilio-Signature"] = signature
+        async with httpx.AsyncClient(base_url=self.http_url) as client:
+            return await client.post("/twilio/voice", data=form, headers=headers)
+
+    @property
+    def calls(self) -> Any:
+        return self.app.state.calls
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def service(gemini: FakeLiveServer, settings_overrides: dict[str, Any]) -> AsyncIterator[Service]:
+    settings = make_settings(**settings_overrides)
+    logs.configure("debug", "console")
+    app = build_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield Service(settings, app, sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., Any]:
+    async def wait(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.005)
+
+    return wait
