@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
 import ssl
@@ -52,7 +53,9 @@ INVALID_KEY_REASON = "API key not valid. Please pass a valid API key."
 OUTPUT_MIME_TYPE = "audio/pcm;rate=24000"
 OUTPUT_BYTES_PER_SECOND = 24_000 * 2  # 24 kHz, 16-bit mono
 
-_PATH_RE = re.compile(r"^/+ws/google\.ai\.generativelanguage\.[\w.]+\.GenerativeService\.BidiGenerateContent$")
+_PATH_RE = re.compile(
+    r"^/+ws/google\.ai\.generativelanguage\.[\w.]+\.GenerativeService\.BidiGenerateContent$"
+)
 
 # Both spellings of each client message kind map to one canonical name.
 _CLIENT_MESSAGE_KINDS = {
@@ -126,11 +129,11 @@ def _message_kind(message: dict[str, Any]) -> tuple[str, Any]:
     """Return (canonical kind, body) of a client message with exactly one known top-level key."""
     for key in message:
         if key not in _CLIENT_MESSAGE_KINDS:
-            raise _ProtocolError(
-                CLOSE_INVALID_PAYLOAD, f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
-            )
+            reason = f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+            raise _ProtocolError(CLOSE_INVALID_PAYLOAD, reason)
     if len(message) != 1:
-        raise _ProtocolError(CLOSE_INVALID_PAYLOAD, "Invalid JSON payload received. Expected exactly one message.")
+        reason = "Invalid JSON payload received. Expected exactly one message."
+        raise _ProtocolError(CLOSE_INVALID_PAYLOAD, reason)
     ((key, body),) = message.items()
     if not isinstance(body, dict):
         raise _ProtocolError(CLOSE_INVALID_PAYLOAD, f'Invalid value at "{key}": expected an object.')
@@ -151,6 +154,11 @@ def _api_key(request: Request) -> str | None:
     return query_keys[0] if query_keys else None
 
 
+def _close_reason(reason: str) -> str:
+    """Fit a close reason in the 123 bytes a close frame allows (the real service truncates too)."""
+    return reason.encode()[:123].decode(errors="ignore")
+
+
 async def _sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
@@ -160,7 +168,9 @@ async def _sleep_until(deadline: float) -> None:
 class FakeLiveSession:
     """One Live connection that completed setup: what the client sent, and server-side controls."""
 
-    def __init__(self, ws: ServerConnection, setup: dict[str, Any], api_key: str, binary_frames: bool) -> None:
+    def __init__(
+        self, ws: ServerConnection, setup: dict[str, Any], api_key: str, binary_frames: bool
+    ) -> None:
         self._ws = ws
         self._binary_frames = binary_frames
         self.setup = setup
@@ -234,7 +244,8 @@ class FakeLiveSession:
 
     def _add_audio(self, blob: dict[str, Any]) -> None:
         if not isinstance(blob, dict):
-            raise _ProtocolError(CLOSE_INVALID_PAYLOAD, "Invalid value at realtime_input.audio: expected a Blob.")
+            reason = "Invalid value at realtime_input.audio: expected a Blob."
+            raise _ProtocolError(CLOSE_INVALID_PAYLOAD, reason)
         self.audio.extend(_decode_base64(blob.get("data", "")))
         mime_type = _field(blob, "mime_type")
         if mime_type:
@@ -279,9 +290,10 @@ class FakeLiveSession:
 
     async def wait_for_text(self, contains: str = "", timeout: float = 5) -> str:
         """Return the first realtime_input text containing `contains` not returned by an earlier wait."""
-        await self._wait_until(
-            lambda: self._first_unconsumed_text(contains) is not None, timeout, f"text containing {contains!r}"
-        )
+        def found() -> bool:
+            return self._first_unconsumed_text(contains) is not None
+
+        await self._wait_until(found, timeout, f"text containing {contains!r}")
         index = self._first_unconsumed_text(contains)
         assert index is not None
         self._consumed_texts.add(index)
@@ -351,7 +363,7 @@ class FakeLiveSession:
         if self.server_close_code is None and self._ws.protocol.close_rcvd is None:
             self.server_close_code = code
             self.server_close_reason = reason
-        await self._ws.close(code, reason)
+        await self._ws.close(code, _close_reason(reason))
 
 
 class FakeLiveServer:
@@ -367,7 +379,7 @@ class FakeLiveServer:
         self._server: Server | None = None
         self._new_sessions: asyncio.Queue[FakeLiveSession] = asyncio.Queue()
         self.sessions: list[FakeLiveSession] = []
-        self.refuse_connections = False
+        self.refuse_connections = False  # True: new connections get 1011, like a service that is down
         self.port = 0
 
     @property
@@ -423,12 +435,12 @@ class FakeLiveServer:
 
     async def _serve_connection(self, ws: ServerConnection) -> None:
         if self.refuse_connections:
-            await ws.close(CLOSE_INTERNAL_ERROR, "Internal error encountered.")
+            await self._refuse(ws)
             return
         assert ws.request is not None
         failure = self._auth_failure(ws.request)
         if failure is not None:
-            await ws.close(CLOSE_POLICY_VIOLATION, failure)
+            await ws.close(CLOSE_POLICY_VIOLATION, _close_reason(failure))
             return
         setup = await self._receive_setup(ws)
         if setup is None:
@@ -442,6 +454,13 @@ class FakeLiveServer:
         self._new_sessions.put_nowait(session)
         await session._run()
 
+    async def _refuse(self, ws: ServerConnection) -> None:
+        """Close with 1011 once the setup is in (or after 1 s), so the SDK deterministically
+        raises APIError(1011) instead of sometimes failing in its own setup send."""
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 1.0)
+        await ws.close(CLOSE_INTERNAL_ERROR, "Internal error encountered.")
+
     async def _receive_setup(self, ws: ServerConnection) -> dict[str, Any] | None:
         """Return the setup body, or close the socket (1007) and return None."""
         try:
@@ -453,7 +472,7 @@ class FakeLiveServer:
                 raise _ProtocolError(CLOSE_INVALID_PAYLOAD, "setup.model is required.")
             return body
         except _ProtocolError as error:
-            await ws.close(error.code, error.reason)
+            await ws.close(error.code, _close_reason(error.reason))
         except ConnectionClosed:
             pass
         return None

@@ -1,0 +1,33 @@
+"""The mark ledger: sent is not heard."""
+
+from phonebot.call.playback import Playback
+
+
+def test_heard_follows_marks_and_freezes_on_barge_in() -> None:
+    playback = Playback(8000)
+    first = playback.sent(1600)  # 100 ms
+    second = playback.sent(1600)
+    assert (first, second) == ("0:800", "0:1600")
+    assert playback.playing
+    playback.heard(first)
+    turn = playback.interrupt()
+    assert turn is not None and turn.heard_ms == 100 and turn.sent_ms == 200
+    playback.heard(second)  # echoed by Twilio's clear: thrown away, not heard
+    assert turn.heard_ms == 100
+    assert not playback.playing
+
+
+def test_finished_turn_keeps_counting_and_next_turn_is_new() -> None:
+    playback = Playback(8000)
+    mark = playback.sent(800)
+    playback.finish()
+    playback.heard(mark)
+    assert playback.turns[0].heard_ms == 50 and playback.turns[0].finished
+    assert playback.sent(800) == "1:400"
+
+
+def test_foreign_marks_are_ignored() -> None:
+    playback = Playback(8000)
+    for name in ("", "x", "7:100", "0:abc"):
+        playback.heard(name)
+    assert playback.turns == []

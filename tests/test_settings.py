@@ -1,0 +1,97 @@
+"""Settings: one clear message per missing variable; doctor lists every problem at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phonebot import cli
+from phonebot.settings import MissingSetting, Settings, diagnose
+
+VARIABLES = (
+    "GOOGLE_API_KEY", "GEMINI_API_KEY", "PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
+    "GEMINI_TEMPERATURE", "GEMINI_MODEL", "PHONEBOT_PROMPT_FILE", "LOG_LEVEL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_missing_setting_names_the_variable() -> None:
+    with pytest.raises(MissingSetting, match="PHONEBOT_PUBLIC_URL is not set"):
+        Settings().require_public_url()
+
+
+def test_doctor_lists_every_problem_at_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GEMINI_TEMPERATURE", "hot")
+    monkeypatch.setenv("PHONEBOT_PROMPT_FILE", "/nonexistent/prompt.md")
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    for variable in ("GEMINI_TEMPERATURE", "GOOGLE_API_KEY", "PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID",
+                     "TWILIO_AUTH_TOKEN", "PHONEBOT_PROMPT_FILE"):
+        assert variable in out
+    assert "6 problem(s)" in out
+
+
+def test_dotenv_is_read_without_overriding_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "PHONEBOT_PUBLIC_URL=https://example.test/\nGEMINI_MODEL=from-dotenv\nTWILIO_AUTH_TOKEN=t\n"
+        "TWILIO_ACCOUNT_SID=AC1\nGOOGLE_API_KEY=k\n"
+    )
+    monkeypatch.setenv("GEMINI_MODEL", "from-env")
+    for name in ("PHONEBOT_PUBLIC_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "GOOGLE_API_KEY"):
+        monkeypatch.setenv(name, "")  # so monkeypatch restores what load_dotenv writes
+        monkeypatch.delenv(name)
+    settings = Settings.load()
+    assert settings.gemini_model == "from-env"
+    assert settings.stream_url == "wss://example.test/twilio/media"
+    assert diagnose() == []
+
+
+def test_invalid_public_url_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHONEBOT_PUBLIC_URL", "http://plain.example")
+    problems = diagnose()
+    assert any(p.startswith("PHONEBOT_PUBLIC_URL: must be the https://") for p in problems)
+
+
+def test_serve_answers_health_checks_without_credentials(tmp_path: Path) -> None:
+    # The README's run command: the service starts and reports what it lacks, rather than crashing.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phonebot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        import httpx
+
+        for _ in range(100):
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                import time
+
+                time.sleep(0.1)
+        assert response.json() == {"ok": True}
+        voice = httpx.post(f"http://127.0.0.1:{port}/twilio/voice", data={"CallSid": "CA1"})
+        assert voice.status_code == 500
+        assert voice.json()["error"] == {
+            "code": "missing_setting",
+            "message": "PHONEBOT_PUBLIC_URL is not set; it is required to answer calls (Twilio signs this URL)",
+        }
+    finally:
+        proc.terminate()
+        stderr = proc.communicate(timeout=10)[1]
+    assert "settings.problem" in stderr
