@@ -15,7 +15,10 @@ from phonebot.call.calls import Calls
 from phonebot.call.ports import ModelConnector
 from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
+from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.stream import TwilioStream, media_endpoint
+from phonebot.tools import control
+from phonebot.tools.spec import ToolSpec
 from phonebot.telephony.voice import voice_endpoint
 
 
@@ -24,8 +27,20 @@ from phonebot.telephony.voice import voice_endpoint
 UVICORN_OPTIONS = {"ws_ping_interval": None, "proxy_headers": True, "log_config": None}
 
 
-def build_app(settings: Settings, connector: ModelConnector | None = None) -> Starlette:
-    calls = Calls(connector or GeminiLive(settings))
+def tool_specs(settings: Settings) -> list[ToolSpec]:
+    """The tools the model is given; transfer_call only when there is somewhere to transfer to."""
+    functions = [control.end_call]
+    if settings.transfer_number:
+        functions.append(control.transfer_call)
+    return [ToolSpec.of(function) for function in functions]
+
+
+def build_app(
+    settings: Settings, connector: ModelConnector | None = None, tools: list[ToolSpec] | None = None
+) -> Starlette:
+    tools = tool_specs(settings) if tools is None else tools
+    calls = Calls(connector or GeminiLive(settings, tools), tools, transfer_to=settings.transfer_number)
+    rest = TwilioRest(settings)
 
     async def run_call(stream: TwilioStream) -> None:
         await calls.run(stream)
@@ -44,7 +59,7 @@ def build_app(settings: Settings, connector: ModelConnector | None = None) -> St
     app = Starlette(
         routes=[
             Route("/twilio/voice", voice_endpoint(settings, calls.prepare), methods=["POST"]),
-            WebSocketRoute("/twilio/media", media_endpoint(settings, run_call)),
+            WebSocketRoute("/twilio/media", media_endpoint(settings, run_call, rest)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],

@@ -8,6 +8,7 @@ needs it, and `Settings.problems()` lists every problem at once for `phonebot do
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, validation_alias="PHONEBOT_PUBLIC_URL")
     twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(None, validation_alias="TWILIO_AUTH_TOKEN", repr=False)
+    twilio_api_base_url: str | None = Field(None, validation_alias="TWILIO_API_BASE_URL")
+    transfer_number: str | None = Field(None, validation_alias="PHONEBOT_TRANSFER_NUMBER")
 
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
@@ -57,7 +60,22 @@ class Settings(BaseSettings):
             raise ValueError("must be the https:// URL Twilio reaches this service at")
         return value.rstrip("/")
 
-    @field_validator("gemini_language", "gemini_temperature", "twilio_account_sid", "twilio_auth_token", mode="before")
+    @field_validator("transfer_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+            raise ValueError("must be an E.164 number like +14155550123")
+        return value
+
+    @field_validator(
+        "gemini_language",
+        "gemini_temperature",
+        "twilio_account_sid",
+        "twilio_auth_token",
+        "twilio_api_base_url",
+        "transfer_number",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

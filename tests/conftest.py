@@ -17,6 +17,7 @@ from twilio.request_validator import RequestValidator
 from phonebot import logs
 from phonebot.app import UVICORN_OPTIONS, build_app
 from phonebot.settings import Settings
+from phonebot.tools.spec import ToolSpec
 from tests.fakes.gemini_live import FakeLiveServer, make_tls
 from tests.fakes.twilio_media import FakeTwilioCall
 
@@ -91,10 +92,19 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def service(gemini: FakeLiveServer, settings_overrides: dict[str, Any]) -> AsyncIterator[Service]:
+def extra_tools() -> list[Any] | None:
+    """Tool functions to give the model instead of the configured ones (None: the configured ones)."""
+    return None
+
+
+@pytest.fixture
+async def service(
+    gemini: FakeLiveServer, settings_overrides: dict[str, Any], extra_tools: list[Any] | None
+) -> AsyncIterator[Service]:
     settings = make_settings(**settings_overrides)
     logs.configure("debug", "console")
-    app = build_app(settings)
+    tools = None if extra_tools is None else [ToolSpec.of(function) for function in extra_tools]
+    app = build_app(settings, tools=tools)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)

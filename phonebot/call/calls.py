@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from phonebot.call.ports import CallerPort, CallInfo, ModelConnector, ModelPort
 from phonebot.call.session import CallSession
+from phonebot.tools.spec import ToolSpec
 
 GREETING_CUE = "(The call has connected. Greet the caller now.)"
 EARLY_SESSION_TTL_S = 30.0  # an early session no stream claims by then is closed
@@ -31,8 +34,17 @@ class _Early:
 
 
 class Calls:
-    def __init__(self, connector: ModelConnector) -> None:
+    def __init__(
+        self,
+        connector: ModelConnector,
+        tools: Sequence[ToolSpec] = (),
+        bookings: Any = None,
+        transfer_to: str | None = None,
+    ) -> None:
         self._connector = connector
+        self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
+        self._bookings = bookings
+        self._transfer_to = transfer_to
         self._early: dict[str, _Early] = {}
         self.active: dict[str, CallSession] = {}
         self._discarding: set[asyncio.Task[None]] = set()
@@ -55,7 +67,7 @@ class Calls:
             except Exception as error:  # noqa: BLE001 - the call fails, never the server
                 log.error("call.model_unavailable", error=repr(error))
                 return "model_unavailable"
-            session = CallSession(caller, model)
+            session = CallSession(caller, model, self._tools, self._bookings, self._transfer_to)
             self.active[info.call_sid] = session
             try:
                 return await session.run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Direction = Literal["inbound", "outbound"]
 
@@ -74,6 +74,9 @@ class CallerPort(Protocol):
     async def clear(self) -> None:
         """Drop every bit of bot audio the caller has not heard yet."""
 
+    async def transfer(self, number: str) -> None:
+        """Connect the caller to `number`; this stream then ends."""
+
     async def close(self) -> None:
         """End the stream (idempotent)."""
 
@@ -103,6 +106,20 @@ class Transcript:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallCancelled:
+    """The model no longer wants these results (the caller talked over it): send none."""
+
+    call_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelClosed:
     """The model's connection ended; `code` is the WebSocket close code."""
 
@@ -110,7 +127,7 @@ class ModelClosed:
     reason: str
 
 
-ModelEvent = BotAudio | BotInterrupted | BotTurnComplete | Transcript | ModelClosed
+ModelEvent = BotAudio | BotInterrupted | BotTurnComplete | Transcript | ToolCall | ToolCallCancelled | ModelClosed
 
 
 class ModelPort(Protocol):
@@ -123,6 +140,9 @@ class ModelPort(Protocol):
 
     async def send_text(self, text: str) -> None:
         """Text the model reads as the caller's input, mid-call (greeting cue, DTMF)."""
+
+    async def send_tool_result(self, call_id: str, name: str, result: dict[str, Any], *, when_idle: bool) -> None:
+        """Answer a `ToolCall`. `when_idle`: for a non-blocking tool, speak of it once the bot is quiet."""
 
     def events(self) -> AsyncIterator[ModelEvent]: ...
 

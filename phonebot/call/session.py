@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -26,10 +28,20 @@ from phonebot.call.ports import (
     ModelClosed,
     ModelPort,
     PlaybackMark,
+    ToolCall,
+    ToolCallCancelled,
     Transcript,
 )
+from phonebot.call.tools import ToolRunner
+from phonebot.tools.context import ToolContext
+from phonebot.tools.spec import ToolSpec
 
 log = structlog.get_logger(__name__)
+
+# end_call / transfer_call act once the bot's last words have been heard. If the model says
+# nothing more after asking, this long of quiet is enough; and never wait longer than the cap.
+QUIET_AFTER_REQUEST_S = 4.0
+ACTION_CAP_S = 30.0
 
 
 @dataclass(slots=True)
@@ -60,13 +72,39 @@ class CallRecord:
             self.turns.append(Turn(role, text, self.offset_ms()))
 
 
+@dataclass(slots=True)
+class _AfterSpeech:
+    """Something to do once the bot has finished speaking (hang up, transfer)."""
+
+    action: Callable[[], Awaitable[None]]
+    end_reason: str
+    requested: float = field(default_factory=time.monotonic)
+    turn_done: bool = False
+
+    def due(self, playing: bool, now: float) -> bool:
+        if now - self.requested > ACTION_CAP_S:
+            return True
+        return not playing and (self.turn_done or now - self.requested > QUIET_AFTER_REQUEST_S)
+
+
 class CallSession:
-    def __init__(self, caller: CallerPort, model: ModelPort) -> None:
+    def __init__(
+        self,
+        caller: CallerPort,
+        model: ModelPort,
+        tools: Mapping[str, ToolSpec] | None = None,
+        bookings: Any = None,
+        transfer_to: str | None = None,
+    ) -> None:
         self.caller = caller
         self.model = model
         self.info = caller.info
         self.record = CallRecord()
         self.playback = Playback(caller.sample_rate)
+        self._transfer_to = transfer_to
+        self._after_speech: _AfterSpeech | None = None
+        context = ToolContext(self.info.call_sid, self.info.caller_number, bookings=bookings, control=self)
+        self.tools = ToolRunner(tools or {}, context, model, self.record.started)
         # The codec's resamplers are fixed to the telephone and Gemini rates.
         assert (caller.sample_rate, model.input_rate, model.output_rate) == (8000, 16000, 24000)
         self._up = codec.Upsampler8to16()
@@ -85,6 +123,7 @@ class CallSession:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+            await self.tools.aclose()
             await self.model.close()
         log.info(
             "call.ended",
@@ -104,6 +143,8 @@ class CallSession:
                     await self.model.send_text(f"(The caller pressed {digit})")
                 case PlaybackMark(name=name):
                     self.playback.heard(name)
+            if self._after_speech is not None and self._after_speech.due(self.playback.playing, time.monotonic()):
+                return await self._act()
         return "caller_hung_up"
 
     async def _model_to_caller(self) -> str:
@@ -118,12 +159,36 @@ class CallSession:
                 case BotTurnComplete():
                     await self.caller.flush()
                     self.playback.finish()
+                    if self._after_speech is not None:
+                        self._after_speech.turn_done = True
+                case ToolCall() as call:
+                    log.info("call.tool_call", tool=call.name, call_id=call.call_id)
+                    self.tools.start(call)
+                case ToolCallCancelled(call_ids=call_ids):
+                    self.tools.cancel(call_ids)
                 case Transcript(role=role, text=text):
                     self.record.add_text(role, text)
                 case ModelClosed(code=code, reason=reason):
                     log.warning("call.model_closed", code=code, reason=reason)
                     return "model_closed"
         return "model_closed"
+
+    # -- CallControl, for the end_call and transfer_call tools ------------------------------
+
+    async def end_call(self) -> None:
+        self._after_speech = _AfterSpeech(self.caller.close, "bot_ended")
+
+    async def transfer(self) -> None:
+        if self._transfer_to is None:
+            raise RuntimeError("no transfer number is set")  # the tool is not offered then
+        number = self._transfer_to
+        self._after_speech = _AfterSpeech(lambda: self.caller.transfer(number), "transferred")
+
+    async def _act(self) -> str:
+        assert self._after_speech is not None
+        log.info("call.after_speech", reason=self._after_speech.end_reason)
+        await self._after_speech.action()
+        return self._after_speech.end_reason
 
     async def _barge_in(self) -> None:
         await self.caller.clear()  # first: every millisecond here is bot audio talking over the caller

@@ -7,7 +7,8 @@ types are translated into `phonebot.call.ports` events here and go no further.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import structlog
 from google import genai
@@ -20,10 +21,13 @@ from phonebot.call.ports import (
     CallInfo,
     ModelClosed,
     ModelEvent,
+    ToolCall,
+    ToolCallCancelled,
     Transcript,
 )
 from phonebot.gemini.setup import live_config
 from phonebot.settings import MissingSetting, Settings
+from phonebot.tools.spec import ToolSpec
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
@@ -35,8 +39,9 @@ log = structlog.get_logger(__name__)
 class GeminiLive:
     """Opens Live sessions. The SDK reads its key, endpoint and CA bundle from the environment."""
 
-    def __init__(self, settings: Settings, client: genai.Client | None = None) -> None:
+    def __init__(self, settings: Settings, tools: Sequence[ToolSpec] = (), client: genai.Client | None = None) -> None:
         self._settings = settings
+        self._tools = tuple(tools)
         self._client = client
 
     def client(self) -> genai.Client:
@@ -53,7 +58,7 @@ class GeminiLive:
         try:
             session = await stack.enter_async_context(
                 client.aio.live.connect(
-                    model=self._settings.gemini_model, config=live_config(self._settings, info)
+                    model=self._settings.gemini_model, config=live_config(self._settings, info, self._tools)
                 )
             )
         except BaseException:
@@ -77,6 +82,15 @@ class LiveSession:
         # Realtime text, not client_content: 3.x models take client_content only as
         # history before the conversation starts.
         await self._session.send_realtime_input(text=text)
+
+    async def send_tool_result(self, call_id: str, name: str, result: dict[str, Any], *, when_idle: bool) -> None:
+        response = types.FunctionResponse(
+            id=call_id,
+            name=name,
+            response=result,
+            scheduling=types.FunctionResponseScheduling.WHEN_IDLE if when_idle else None,
+        )
+        await self._session.send_tool_response(function_responses=[response])
 
     async def events(self) -> AsyncIterator[ModelEvent]:
         try:
@@ -102,7 +116,10 @@ def translate(message: types.LiveServerMessage) -> Iterator[ModelEvent]:
     if message.go_away is not None:
         log.info("model.go_away", time_left=message.go_away.time_left)
     if message.tool_call is not None:
-        log.warning("model.tool_call_unsupported", calls=[c.name for c in message.tool_call.function_calls or []])
+        for call in message.tool_call.function_calls or ():
+            yield ToolCall(call.id or "", call.name or "", dict(call.args or {}))
+    if message.tool_call_cancellation is not None:
+        yield ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ()))
 
 
 def _content(content: types.LiveServerContent) -> Iterator[ModelEvent]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from google.genai import types
 
 from phonebot.call.ports import CallInfo
 from phonebot.settings import Settings
+from phonebot.tools.spec import ToolSpec
 
 
 def call_context(info: CallInfo, now: datetime) -> str:
@@ -19,7 +21,16 @@ def call_context(info: CallInfo, now: datetime) -> str:
     )
 
 
-def live_config(settings: Settings, info: CallInfo) -> types.LiveConnectConfig:
+def declaration(spec: ToolSpec) -> types.FunctionDeclaration:
+    return types.FunctionDeclaration(
+        name=spec.name,
+        description=spec.description,
+        parameters_json_schema=spec.parameters,
+        behavior=types.Behavior.NON_BLOCKING if spec.options.non_blocking else None,
+    )
+
+
+def live_config(settings: Settings, info: CallInfo, tools: Sequence[ToolSpec] = ()) -> types.LiveConnectConfig:
     speech = types.SpeechConfig(
         voice_config=types.VoiceConfig(
             prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
@@ -33,4 +44,5 @@ def live_config(settings: Settings, info: CallInfo) -> types.LiveConnectConfig:
         temperature=settings.gemini_temperature,
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
+        tools=[types.Tool(function_declarations=[declaration(spec) for spec in tools])] if tools else None,
     )

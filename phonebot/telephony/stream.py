@@ -19,6 +19,7 @@ from phonebot import codec
 from phonebot.call.ports import CallerAudio, CallerDigit, CallerEvent, CallInfo, Direction, PlaybackMark
 from phonebot.settings import MissingSetting, Settings
 from phonebot.telephony import messages
+from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.signature import signature_ok
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: what Twilio sends, and what we send back
@@ -35,10 +36,11 @@ StreamHandler = Callable[["TwilioStream"], Awaitable[None]]
 class TwilioStream:
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, websocket: WebSocket, start: messages.Start) -> None:
+    def __init__(self, websocket: WebSocket, start: messages.Start, rest: TwilioRest) -> None:
         self.info = _call_info(start)
         self.stream_sid = start.stream_sid
         self._ws = websocket
+        self._rest = rest
         self._unframed = bytearray()  # mu-law short of a whole frame
         self._queued = 0  # mu-law bytes accepted from the call so far
         self._sent = 0  # ... of which sent to Twilio
@@ -46,7 +48,7 @@ class TwilioStream:
         self.stopped = False  # Twilio said `stop` (as opposed to the socket just closing)
 
     @classmethod
-    async def accept(cls, websocket: WebSocket) -> TwilioStream | None:
+    async def accept(cls, websocket: WebSocket, rest: TwilioRest) -> TwilioStream | None:
         """Read up to `start`. None if the stream ends first."""
         while True:
             message = await _next_message(websocket)
@@ -56,7 +58,7 @@ class TwilioStream:
                 if message.encoding != "audio/x-mulaw" or message.sample_rate != SAMPLE_RATE:
                     log.error("stream.unsupported_format", encoding=message.encoding, rate=message.sample_rate)
                     return None
-                return cls(websocket, message)
+                return cls(websocket, message, rest)
             if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
                 log.warning("stream.before_start", kind=type(message).__name__.lower())
             elif isinstance(message, messages.Unknown):
@@ -106,6 +108,9 @@ class TwilioStream:
         self._sent = self._queued
         await self._send(messages.clear(self.stream_sid))
 
+    async def transfer(self, number: str) -> None:
+        await self._rest.dial(self.info.call_sid, number)
+
     async def close(self) -> None:
         if self._ws.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the caller went first
@@ -152,7 +157,9 @@ def _call_info(start: messages.Start) -> CallInfo:
     )
 
 
-def media_endpoint(settings: Settings, on_stream: StreamHandler) -> Callable[[WebSocket], Awaitable[None]]:
+def media_endpoint(
+    settings: Settings, on_stream: StreamHandler, rest: TwilioRest
+) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         try:
             token, url = settings.require_auth_token(), settings.stream_url
@@ -165,7 +172,7 @@ def media_endpoint(settings: Settings, on_stream: StreamHandler) -> Callable[[We
             log.warning("stream.bad_signature", client=websocket.client.host if websocket.client else None)
             await websocket.close(code=1008, reason="invalid X-Twilio-Signature")
             return
-        stream = await TwilioStream.accept(websocket)
+        stream = await TwilioStream.accept(websocket, rest)
         if stream is None:
             await websocket.close()
             return

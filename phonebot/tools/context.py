@@ -31,7 +31,8 @@ class CallControl(Protocol):
 
     async def end_call(self) -> None: ...
 
-    async def transfer(self, number: str) -> None: ...
+    async def transfer(self) -> None:
+        """To the business's transfer number (the tool is offered only when one is set)."""
 
 
 def _utc_now() -> datetime:

@@ -1,0 +1,34 @@
+"""Twilio's REST API, for what a media stream cannot do itself (transfers; outbound calls later)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
+
+from phonebot.settings import MissingSetting, Settings
+
+
+class TwilioRest:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            if self._settings.twilio_account_sid is None:
+                raise MissingSetting("TWILIO_ACCOUNT_SID", "to use Twilio's REST API")
+            client = Client(self._settings.twilio_account_sid, self._settings.require_auth_token())
+            if self._settings.twilio_api_base_url:
+                client.api.base_url = self._settings.twilio_api_base_url
+            self._client = client
+        return self._client
+
+    async def dial(self, call_sid: str, number: str) -> None:
+        """Move a live call out of its stream and dial `number` (the stream then stops)."""
+        response = VoiceResponse()
+        response.dial(number)
+        twiml = str(response)
+        # The twilio client is synchronous; a transfer is rare enough for a worker thread.
+        await asyncio.to_thread(lambda: self.client().calls(call_sid).update(twiml=twiml))

@@ -1,0 +1,213 @@
+"""Tool calls through the fake Gemini server, the running app and back: results, errors, timeouts,
+cancellation, non-blocking tools, and end_call after the goodbye."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from phonebot.tools import control
+from phonebot.tools.context import ToolContext, ToolError
+from phonebot.tools.spec import tool
+from tests import audio
+from tests.conftest import Service
+from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
+from tests.phone import FORM, answer, expected_mulaw_bytes
+
+SLOW_TOOL_S = 0.5
+started_tools: list[str] = []
+
+
+async def lookup(ctx: ToolContext, name: str, count: int = 1) -> dict[str, Any]:
+    """Look a name up.
+
+    Args:
+        name: The name to look up.
+        count: How many results to give.
+    """
+    return {"name": name, "count": count, "caller": ctx.caller_number}
+
+
+async def slow_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
+    """Look a name up, slowly.
+
+    Args:
+        name: The name to look up.
+    """
+    started_tools.append(name)
+    await asyncio.sleep(SLOW_TOOL_S)
+    return {"found": name}
+
+
+@tool(non_blocking=True)
+async def background_check(ctx: ToolContext, name: str) -> dict[str, Any]:
+    """Check a name in the background while you keep talking.
+
+    Args:
+        name: The name to check.
+    """
+    return {"checked": name}
+
+
+@tool(timeout_s=0.2)
+async def stuck(ctx: ToolContext) -> dict[str, Any]:
+    """A tool that never finishes."""
+    await asyncio.sleep(60)
+    return {}
+
+
+async def broken(ctx: ToolContext) -> dict[str, Any]:
+    """A tool with a bug."""
+    raise ZeroDivisionError("oops")
+
+
+async def refuses(ctx: ToolContext) -> dict[str, Any]:
+    """A tool that says no."""
+    raise ToolError("closed", "We are closed on Sundays.")
+
+
+TOOLS = [lookup, slow_lookup, background_check, stuck, broken, refuses, control.end_call]
+
+
+@pytest.fixture
+def extra_tools() -> list[Any]:
+    return TOOLS
+
+
+async def call_tool(session: FakeLiveSession, call_id: str, name: str, args: dict[str, Any]) -> None:
+    await session.send_tool_call([{"id": call_id, "name": name, "args": args}])
+
+
+async def wait_for_response(session: FakeLiveSession, call_id: str, timeout: float = 5) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            for message in session.tool_responses:
+                for response in message.get("functionResponses", []):
+                    if response.get("id") == call_id:
+                        return response
+            await asyncio.sleep(0.005)
+
+
+def declared(session: FakeLiveSession) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for tool in session.setup.get("tools", []) for d in tool["functionDeclarations"]}
+
+
+async def test_declarations_come_from_the_functions(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    tools = declared(session)
+    assert set(tools) == {f.__name__ for f in TOOLS}
+    assert tools["lookup"]["description"] == "Look a name up."
+    lookup_decl = tools["lookup"]
+    # The SDK writes this one field in snake_case; the service's proto JSON parser takes both.
+    schema = lookup_decl.get("parametersJsonSchema", lookup_decl.get("parameters_json_schema"))
+    assert schema == {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "The name to look up."},
+            "count": {"type": "integer", "description": "How many results to give.", "default": 1},
+        },
+        "required": ["name"],
+    }
+    assert tools["background_check"]["behavior"] == "NON_BLOCKING"
+    assert "behavior" not in tools["lookup"]
+    await call.stop()
+
+
+async def test_result_reaches_the_model_with_the_callers_number(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    await call_tool(session, "c1", "lookup", {"name": "Ada", "count": 2})
+    response = await wait_for_response(session, "c1")
+    assert response["name"] == "lookup"
+    assert response["response"] == {"name": "Ada", "count": 2, "caller": "+14155550123"}
+    record = service.calls.active[FORM["CallSid"]].tools.records[0]
+    assert (record.name, record.args, record.ok) == ("lookup", {"name": "Ada", "count": 2}, True)
+    await call.stop()
+
+
+async def test_audio_keeps_flowing_while_a_tool_works(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    await call_tool(session, "slow", "slow_lookup", {"name": "Bob"})
+    started = time.monotonic()
+    # The caller keeps talking and the bot keeps speaking while the tool works.
+    bot = audio.tone(440, 24000, 0.2)
+    await session.send_audio(bot)
+    await call.send_audio(b"\xff" * 1600, realtime=False)
+    await session.wait_for_audio(4 * 1600, timeout=SLOW_TOOL_S)
+    await call.wait_for_audio(expected_mulaw_bytes(bot), timeout=SLOW_TOOL_S)
+    assert time.monotonic() - started < SLOW_TOOL_S
+    assert not session.tool_responses
+    response = await wait_for_response(session, "slow")
+    assert response["response"] == {"found": "Bob"}
+    await call.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "code"),
+    [
+        ("broken", {}, "internal"),
+        ("stuck", {}, "timeout"),
+        ("refuses", {}, "closed"),
+        ("lookup", {"count": "many"}, "bad_input"),
+        ("no_such_tool", {}, "unknown_tool"),
+    ],
+)
+async def test_failures_become_error_results_and_the_call_goes_on(
+    service: Service, gemini: FakeLiveServer, name: str, args: dict[str, Any], code: str
+) -> None:
+    call, session = await answer(service, gemini)
+    await call_tool(session, "bad", name, args)
+    response = await wait_for_response(session, "bad")
+    assert response["response"]["error"]["code"] == code
+    assert response["response"]["error"]["message"]
+    await call_tool(session, "good", "lookup", {"name": "Ada"})  # the call still works
+    assert (await wait_for_response(session, "good"))["response"]["name"] == "Ada"
+    assert not call.closed.is_set()
+    await call.stop()
+
+
+async def test_cancelled_calls_get_no_response(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    started_tools.clear()
+    await call_tool(session, "gone", "slow_lookup", {"name": "Cancelled"})
+    await call_tool(session, "kept", "slow_lookup", {"name": "Kept"})
+    async with asyncio.timeout(2):
+        while len(started_tools) < 2:
+            await asyncio.sleep(0.005)
+    await session.send_tool_call_cancellation(["gone"])
+    assert (await wait_for_response(session, "kept"))["response"] == {"found": "Kept"}
+    await asyncio.sleep(0.1)
+    ids = [r["id"] for m in session.tool_responses for r in m["functionResponses"]]
+    assert ids == ["kept"]
+    await call.stop()
+
+
+async def test_non_blocking_results_are_scheduled_when_idle(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    await call_tool(session, "bg", "background_check", {"name": "Eve"})
+    response = await wait_for_response(session, "bg")
+    assert response["scheduling"] == "WHEN_IDLE"
+    await call_tool(session, "fg", "lookup", {"name": "Eve"})
+    assert "scheduling" not in await wait_for_response(session, "fg")
+    await call.stop()
+
+
+async def test_end_call_waits_until_the_goodbye_has_been_heard(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    await call_tool(session, "bye", "end_call", {"reason": "done"})
+    await wait_for_response(session, "bye")
+    goodbye = audio.speech("Thank you for calling, goodbye!", 24000)
+    await session.send_audio(goodbye, chunk_bytes=3840)
+    await session.send_turn_complete()
+    await asyncio.wait_for(call.closed.wait(), 10)
+    closed_at = time.monotonic()
+    expected = expected_mulaw_bytes(goodbye)
+    assert len(call.received_audio) == expected
+    assert call.played_bytes() >= expected - 160  # the stream stayed open until the goodbye had played
+    first_audio = call.media_times[0][0]
+    assert closed_at - first_audio >= expected / 8000 - 0.05
+    await asyncio.wait_for(session.closed.wait(), 5)
