@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from phonebot import errors
 from phonebot.call.calls import Calls
+from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.call.ports import ModelConnector
 from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
@@ -39,7 +40,13 @@ def build_app(
     settings: Settings, connector: ModelConnector | None = None, tools: list[ToolSpec] | None = None
 ) -> Starlette:
     tools = tool_specs(settings) if tools is None else tools
-    calls = Calls(connector or GeminiLive(settings, tools), tools, transfer_to=settings.transfer_number)
+    calls = Calls(
+        connector or GeminiLive(settings, tools),
+        tools,
+        transfer_to=settings.transfer_number,
+        policy=ReconnectPolicy(outage_audio_s=settings.reconnect_buffer_s),
+        max_duration_s=settings.max_call_s,
+    )
     rest = TwilioRest(settings)
 
     async def run_call(stream: TwilioStream) -> None:

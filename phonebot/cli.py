@@ -1,4 +1,4 @@
-"""`phonebot serve | doctor`: thin commands over settings and the app."""
+"""`phonebot serve | doctor | db upgrade`: thin commands over settings, the app and the store."""
 
 from __future__ import annotations
 
@@ -50,6 +50,29 @@ def doctor(_args: argparse.Namespace) -> int:
     return 1
 
 
+def db_upgrade(_args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+
+    from phonebot.store import migrate
+    from phonebot.store.engine import make_engine
+
+    settings = _settings()
+
+    async def run() -> str | None:
+        engine = make_engine(settings.database_url)
+        try:
+            return await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    revision = asyncio.run(run())
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    print(f"phonebot db upgrade: {where} is at schema revision {revision}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phonebot", description="Phone calls answered by Gemini Live.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.set_defaults(func=serve)
     commands.add_parser("doctor", help="check the settings and say what is missing").set_defaults(func=doctor)
+    db_cmd = commands.add_parser("db", help="the booking database").add_subparsers(dest="db_command", required=True)
+    db_cmd.add_parser("upgrade", help="apply the database migrations (DATABASE_URL)").set_defaults(func=db_upgrade)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

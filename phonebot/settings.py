@@ -16,8 +16,11 @@ from dotenv import load_dotenv
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from phonebot.business import DEFAULT_BUSINESS_FILE, BusinessFileError, load_business
+
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
 DEFAULT_PROMPT = Path(__file__).parent / "prompts" / "receptionist.md"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./phonebot.db"
 
 
 class MissingSetting(RuntimeError):
@@ -47,6 +50,14 @@ class Settings(BaseSettings):
     twilio_api_base_url: str | None = Field(None, validation_alias="TWILIO_API_BASE_URL")
     transfer_number: str | None = Field(None, validation_alias="PHONEBOT_TRANSFER_NUMBER")
 
+    # Booking: the business the bot books for, and where its bookings are kept.
+    business_file: Path = Field(DEFAULT_BUSINESS_FILE, validation_alias="PHONEBOT_BUSINESS_FILE")
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL", repr=False)
+
+    # Calls.
+    reconnect_buffer_s: float = Field(5.0, gt=0, le=60, validation_alias="PHONEBOT_RECONNECT_BUFFER_S")
+    max_call_s: float = Field(3600.0, gt=0, validation_alias="PHONEBOT_MAX_CALL_S")
+
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
     log_format: Literal["json", "console"] | None = Field(None, validation_alias="LOG_FORMAT")
@@ -66,6 +77,22 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
             raise ValueError("must be an E.164 number like +14155550123")
         return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _async_driver(cls, value: object) -> object:
+        # Hosting platforms hand out postgres:// and postgresql:// URLs; phonebot talks to
+        # databases through asyncio drivers, so name them rather than make operators edit.
+        if value is None or value == "":
+            return DEFAULT_DATABASE_URL
+        if not isinstance(value, str):
+            return value
+        scheme, separator, rest = value.partition("://")
+        drivers = {"sqlite": "sqlite+aiosqlite", "postgres": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg"}
+        scheme = drivers.get(scheme, scheme)
+        if not separator or scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError("must be sqlite+aiosqlite:///path.db or postgresql+asyncpg://user:password@host/db")
+        return f"{scheme}://{rest}"
 
     @field_validator(
         "gemini_language",
@@ -134,6 +161,10 @@ class Settings(BaseSettings):
                 found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} is empty")
         except OSError as error:
             found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} cannot be read: {error.strerror}")
+        try:
+            load_business(self.business_file)
+        except BusinessFileError as error:
+            found.append(f"PHONEBOT_BUSINESS_FILE {error}")
         return found
 
 

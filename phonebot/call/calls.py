@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 
 from phonebot.call.ports import CallerPort, CallInfo, ModelConnector, ModelPort
-from phonebot.call.session import CallSession
+from phonebot.call.reconnect import ReconnectPolicy, ResilientModel
+from phonebot.call.session import APOLOGY, CallSession
 from phonebot.tools.spec import ToolSpec
 
 GREETING_CUE = "(The call has connected. Greet the caller now.)"
@@ -40,8 +41,12 @@ class Calls:
         tools: Sequence[ToolSpec] = (),
         bookings: Any = None,
         transfer_to: str | None = None,
+        policy: ReconnectPolicy = ReconnectPolicy(),
+        max_duration_s: float = 3600.0,
     ) -> None:
         self._connector = connector
+        self._policy = policy
+        self._max_duration_s = max_duration_s
         self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
         self._bookings = bookings
         self._transfer_to = transfer_to
@@ -65,9 +70,12 @@ class Calls:
             try:
                 model = await self._claim(info)
             except Exception as error:  # noqa: BLE001 - the call fails, never the server
-                log.error("call.model_unavailable", error=repr(error))
-                return "model_unavailable"
-            session = CallSession(caller, model, self._tools, self._bookings, self._transfer_to)
+                log.error("call.model_unreachable", error=repr(error))
+                await caller.redirect(say=APOLOGY, dial=self._transfer_to)
+                return "model_unreachable"
+            session = CallSession(
+                caller, model, self._tools, self._bookings, self._transfer_to, self._max_duration_s
+            )
             self.active[info.call_sid] = session
             try:
                 return await session.run()
@@ -87,7 +95,7 @@ class Calls:
         return await early.task
 
     async def _open(self, info: CallInfo) -> ModelPort:
-        model = await self._connector.connect(info)
+        model = await ResilientModel.open(self._connector, info, self._policy)
         try:
             await model.send_text(GREETING_CUE)  # the bot speaks first
         except BaseException:

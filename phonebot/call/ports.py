@@ -8,7 +8,7 @@ the side's own rate.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -74,8 +74,8 @@ class CallerPort(Protocol):
     async def clear(self) -> None:
         """Drop every bit of bot audio the caller has not heard yet."""
 
-    async def transfer(self, number: str) -> None:
-        """Connect the caller to `number`; this stream then ends."""
+    async def redirect(self, say: str | None = None, dial: str | None = None) -> None:
+        """Take the call out of this stream: say `say` (if any), then dial `dial` or hang up."""
 
     async def close(self) -> None:
         """End the stream (idempotent)."""
@@ -120,6 +120,26 @@ class ToolCallCancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The model's state can be resumed from `handle` (when `resumable`).
+
+    `consumed` is the index of the last message of ours that the state includes, when the
+    service says so; otherwise the state includes what we had sent when this arrived.
+    """
+
+    handle: str
+    resumable: bool
+    consumed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GoingAway:
+    """The connection will be closed in `seconds`: move to a new one before then."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelClosed:
     """The model's connection ended; `code` is the WebSocket close code."""
 
@@ -127,7 +147,17 @@ class ModelClosed:
     reason: str
 
 
-ModelEvent = BotAudio | BotInterrupted | BotTurnComplete | Transcript | ToolCall | ToolCallCancelled | ModelClosed
+ModelEvent = (
+    BotAudio
+    | BotInterrupted
+    | BotTurnComplete
+    | Transcript
+    | ToolCall
+    | ToolCallCancelled
+    | Checkpoint
+    | GoingAway
+    | ModelClosed
+)
 
 
 class ModelPort(Protocol):
@@ -150,5 +180,21 @@ class ModelPort(Protocol):
         """End the conversation (idempotent)."""
 
 
+class ModelConnection(ModelPort, Protocol):
+    """One connection to the model; `messages_sent` counts our messages on it, setup being 0."""
+
+    messages_sent: int
+
+
+class ResumeRefused(Exception):
+    """The model would not resume from the handle (expired or unknown)."""
+
+
+HistoryTurn = tuple[Literal["caller", "bot"], str]
+
+
 class ModelConnector(Protocol):
-    async def connect(self, info: CallInfo) -> ModelPort: ...
+    async def connect(
+        self, info: CallInfo, resume: str | None = None, history: Sequence[HistoryTurn] = ()
+    ) -> ModelConnection:
+        """Open a connection: fresh, resumed from a `Checkpoint` handle, or seeded with `history`."""

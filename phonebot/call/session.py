@@ -38,6 +38,9 @@ from phonebot.tools.spec import ToolSpec
 
 log = structlog.get_logger(__name__)
 
+APOLOGY = "We're sorry, we're having technical difficulties and can't take your call right now. Please call again later."
+TIME_LIMIT_CUE = "(The call has reached its time limit. Apologise briefly, say goodbye and end the call.)"
+
 # end_call / transfer_call act once the bot's last words have been heard. If the model says
 # nothing more after asking, this long of quiet is enough; and never wait longer than the cap.
 QUIET_AFTER_REQUEST_S = 4.0
@@ -95,6 +98,7 @@ class CallSession:
         tools: Mapping[str, ToolSpec] | None = None,
         bookings: Any = None,
         transfer_to: str | None = None,
+        max_duration_s: float = 3600.0,
     ) -> None:
         self.caller = caller
         self.model = model
@@ -102,6 +106,7 @@ class CallSession:
         self.record = CallRecord()
         self.playback = Playback(caller.sample_rate)
         self._transfer_to = transfer_to
+        self._deadline = self.record.started + max_duration_s
         self._after_speech: _AfterSpeech | None = None
         context = ToolContext(self.info.call_sid, self.info.caller_number, bookings=bookings, control=self)
         self.tools = ToolRunner(tools or {}, context, model, self.record.started)
@@ -125,6 +130,8 @@ class CallSession:
             await asyncio.gather(*pumps, return_exceptions=True)
             await self.tools.aclose()
             await self.model.close()
+        if self.record.end_reason == "model_unreachable":
+            await self.caller.redirect(say=APOLOGY, dial=self._transfer_to)  # never a silent line
         log.info(
             "call.ended",
             reason=self.record.end_reason,
@@ -143,8 +150,13 @@ class CallSession:
                     await self.model.send_text(f"(The caller pressed {digit})")
                 case PlaybackMark(name=name):
                     self.playback.heard(name)
-            if self._after_speech is not None and self._after_speech.due(self.playback.playing, time.monotonic()):
+            now = time.monotonic()
+            if self._after_speech is not None and self._after_speech.due(self.playback.playing, now):
                 return await self._act()
+            if now > self._deadline and self._after_speech is None:
+                log.warning("call.time_limit")
+                self._after_speech = _AfterSpeech(self.caller.close, "max_duration")
+                await self.model.send_text(TIME_LIMIT_CUE)
         return "caller_hung_up"
 
     async def _model_to_caller(self) -> str:
@@ -169,9 +181,9 @@ class CallSession:
                 case Transcript(role=role, text=text):
                     self.record.add_text(role, text)
                 case ModelClosed(code=code, reason=reason):
-                    log.warning("call.model_closed", code=code, reason=reason)
-                    return "model_closed"
-        return "model_closed"
+                    log.error("call.model_unreachable", code=code, reason=reason)
+                    return "model_unreachable"
+        return "model_unreachable"
 
     # -- CallControl, for the end_call and transfer_call tools ------------------------------
 
@@ -182,7 +194,7 @@ class CallSession:
         if self._transfer_to is None:
             raise RuntimeError("no transfer number is set")  # the tool is not offered then
         number = self._transfer_to
-        self._after_speech = _AfterSpeech(lambda: self.caller.transfer(number), "transferred")
+        self._after_speech = _AfterSpeech(lambda: self.caller.redirect(dial=number), "transferred")
 
     async def _act(self) -> str:
         assert self._after_speech is not None

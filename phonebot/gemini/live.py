@@ -19,15 +19,25 @@ from phonebot.call.ports import (
     BotInterrupted,
     BotTurnComplete,
     CallInfo,
+    Checkpoint,
+    GoingAway,
+    HistoryTurn,
     ModelClosed,
     ModelEvent,
     ToolCall,
+    ResumeRefused,
     ToolCallCancelled,
     Transcript,
 )
-from phonebot.gemini.setup import live_config
+from phonebot.gemini.setup import history_content, is_gemini3, live_config
 from phonebot.settings import MissingSetting, Settings
 from phonebot.tools.spec import ToolSpec
+
+# Pings find a dead connection; a slow pong (a busy server, a congested link) must not end a
+# call, and with session resumption a closed connection only means a reconnect.
+KEEPALIVE = {"ping_interval": 15.0, "ping_timeout": 60.0}
+# Close codes with which the service refuses a resumption handle (expired or unknown).
+_REFUSED = {1007, 1008}
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
@@ -49,22 +59,33 @@ class GeminiLive:
         if self._client is None:
             if self._settings.google_api_key is None:
                 raise MissingSetting("GOOGLE_API_KEY", "to talk to Gemini (GEMINI_API_KEY works too)")
-            self._client = genai.Client()
+            self._client = genai.Client(http_options=types.HttpOptions(async_client_args=KEEPALIVE))
         return self._client
 
-    async def connect(self, info: CallInfo) -> LiveSession:
+    async def connect(
+        self, info: CallInfo, resume: str | None = None, history: Sequence[HistoryTurn] = ()
+    ) -> LiveSession:
         client = self.client()
+        config = live_config(self._settings, info, self._tools, resume, bool(history), transparent=client.vertexai)
         stack = contextlib.AsyncExitStack()
         try:
             session = await stack.enter_async_context(
-                client.aio.live.connect(
-                    model=self._settings.gemini_model, config=live_config(self._settings, info, self._tools)
-                )
+                client.aio.live.connect(model=self._settings.gemini_model, config=config)
             )
+            live = LiveSession(session, stack)
+            if history:
+                # 3.x ends its history phase with turn_complete (declared in the setup); for 2.5
+                # a complete turn would make the model answer the history, so leave it open.
+                await live.seed(history, complete=is_gemini3(self._settings.gemini_model))
+        except errors.APIError as error:
+            await stack.aclose()
+            if resume is not None and error.code in _REFUSED:
+                raise ResumeRefused(str(error.message or error.code)) from error
+            raise
         except BaseException:
             await stack.aclose()
             raise
-        return LiveSession(session, stack)
+        return live
 
 
 class LiveSession:
@@ -74,13 +95,21 @@ class LiveSession:
     def __init__(self, session: genai.live.AsyncSession, stack: contextlib.AsyncExitStack) -> None:
         self._session = session
         self._stack = stack
+        self.messages_sent = 0  # the setup was message 0
+
+    async def seed(self, history: Sequence[HistoryTurn], complete: bool) -> None:
+        """The conversation so far, for a fresh session that could not resume."""
+        self.messages_sent += 1
+        await self._session.send_client_content(turns=history_content(history), turn_complete=complete)
 
     async def send_audio(self, pcm: bytes) -> None:
+        self.messages_sent += 1
         await self._session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=_INPUT_MIME))
 
     async def send_text(self, text: str) -> None:
         # Realtime text, not client_content: 3.x models take client_content only as
         # history before the conversation starts.
+        self.messages_sent += 1
         await self._session.send_realtime_input(text=text)
 
     async def send_tool_result(self, call_id: str, name: str, result: dict[str, Any], *, when_idle: bool) -> None:
@@ -90,6 +119,7 @@ class LiveSession:
             response=result,
             scheduling=types.FunctionResponseScheduling.WHEN_IDLE if when_idle else None,
         )
+        self.messages_sent += 1
         await self._session.send_tool_response(function_responses=[response])
 
     async def events(self) -> AsyncIterator[ModelEvent]:
@@ -113,8 +143,11 @@ def translate(message: types.LiveServerMessage) -> Iterator[ModelEvent]:
     content = message.server_content
     if content is not None:
         yield from _content(content)
+    if message.session_resumption_update is not None:
+        update = message.session_resumption_update
+        yield Checkpoint(update.new_handle or "", bool(update.resumable), update.last_consumed_client_message_index)
     if message.go_away is not None:
-        log.info("model.go_away", time_left=message.go_away.time_left)
+        yield GoingAway(_seconds(message.go_away.time_left))
     if message.tool_call is not None:
         for call in message.tool_call.function_calls or ():
             yield ToolCall(call.id or "", call.name or "", dict(call.args or {}))
@@ -135,3 +168,11 @@ def _content(content: types.LiveServerContent) -> Iterator[ModelEvent]:
         yield Transcript("bot", content.output_transcription.text)
     if content.turn_complete:
         yield BotTurnComplete()
+
+
+def _seconds(duration: str | None) -> float:
+    """A protobuf Duration in JSON ("12.5s") as seconds; unknown means "soon"."""
+    try:
+        return float((duration or "").removesuffix("s"))
+    except ValueError:
+        return 1.0

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from google.genai import types
 
-from phonebot.call.ports import CallInfo
+from phonebot.call.ports import CallInfo, HistoryTurn
 from phonebot.settings import Settings
 from phonebot.tools.spec import ToolSpec
 
@@ -30,7 +30,25 @@ def declaration(spec: ToolSpec) -> types.FunctionDeclaration:
     )
 
 
-def live_config(settings: Settings, info: CallInfo, tools: Sequence[ToolSpec] = ()) -> types.LiveConnectConfig:
+def history_content(history: Sequence[HistoryTurn]) -> list[types.Content]:
+    return [types.Content(role="user" if role == "caller" else "model", parts=[types.Part(text=text)]) for role, text in history]
+
+
+def is_gemini3(model: str) -> bool:
+    return "gemini-3" in model
+
+
+def live_config(
+    settings: Settings,
+    info: CallInfo,
+    tools: Sequence[ToolSpec] = (),
+    resume: str | None = None,
+    seeded: bool = False,
+    transparent: bool | None = False,
+) -> types.LiveConnectConfig:
+    """`resume`: a handle to continue from; `seeded`: history follows as client_content (3.x wants
+    that declared); `transparent`: ask for lastConsumedClientMessageIndex (Vertex only; the
+    Gemini API refuses the option)."""
     speech = types.SpeechConfig(
         voice_config=types.VoiceConfig(
             prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
@@ -45,4 +63,11 @@ def live_config(settings: Settings, info: CallInfo, tools: Sequence[ToolSpec] = 
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
         tools=[types.Tool(function_declarations=[declaration(spec) for spec in tools])] if tools else None,
+        # Every session can be resumed, and slides its context window so calls outlast the
+        # 15-minute limit of an audio session.
+        session_resumption=types.SessionResumptionConfig(handle=resume, transparent=transparent or None),
+        context_window_compression=types.ContextWindowCompressionConfig(sliding_window=types.SlidingWindow()),
+        history_config=types.HistoryConfig(initial_history_in_client_content=True)
+        if seeded and is_gemini3(settings.gemini_model)
+        else None,
     )

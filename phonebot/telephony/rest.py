@@ -25,10 +25,15 @@ class TwilioRest:
             self._client = client
         return self._client
 
-    async def dial(self, call_sid: str, number: str) -> None:
-        """Move a live call out of its stream and dial `number` (the stream then stops)."""
+    async def redirect(self, call_sid: str, say: str | None, dial: str | None) -> None:
+        """Move a live call out of its stream (which then stops): say something, then dial or hang up."""
         response = VoiceResponse()
-        response.dial(number)
+        if say:
+            response.say(say)
+        if dial:
+            response.dial(dial)
+        else:
+            response.hangup()
         twiml = str(response)
         # The twilio client is synchronous; a transfer is rare enough for a worker thread.
         await asyncio.to_thread(lambda: self.client().calls(call_sid).update(twiml=twiml))

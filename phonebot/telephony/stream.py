@@ -108,8 +108,12 @@ class TwilioStream:
         self._sent = self._queued
         await self._send(messages.clear(self.stream_sid))
 
-    async def transfer(self, number: str) -> None:
-        await self._rest.dial(self.info.call_sid, number)
+    async def redirect(self, say: str | None = None, dial: str | None = None) -> None:
+        try:
+            await self._rest.redirect(self.info.call_sid, say, dial)
+        except Exception as error:  # noqa: BLE001 - without REST access, ending the stream is all we can do
+            log.error("stream.redirect_failed", error=repr(error))
+            await self.close()
 
     async def close(self) -> None:
         if self._ws.application_state != WebSocketState.DISCONNECTED:

@@ -169,11 +169,20 @@ class FakeLiveSession:
     """One Live connection that completed setup: what the client sent, and server-side controls."""
 
     def __init__(
-        self, ws: ServerConnection, setup: dict[str, Any], api_key: str, binary_frames: bool
+        self,
+        ws: ServerConnection,
+        setup: dict[str, Any],
+        api_key: str,
+        binary_frames: bool,
+        issued_handles: set[str] | None = None,
     ) -> None:
         self._ws = ws
         self._binary_frames = binary_frames
+        self._issued_handles = issued_handles if issued_handles is not None else set()
         self.setup = setup
+        resumption = _field(setup, "session_resumption")
+        # The handle this session resumed from (None: a fresh session).
+        self.resumed_from: str | None = _field(resumption, "handle") if isinstance(resumption, dict) else None
         self.model: str = setup.get("model", "")
         self.api_key = api_key
         self.headers: Headers = ws.request.headers if ws.request else Headers()
@@ -352,7 +361,12 @@ class FakeLiveSession:
         await self.send({"goAway": {"timeLeft": time_left}})
 
     async def send_session_resumption_update(self, new_handle: str, resumable: bool = True) -> None:
-        await self.send({"sessionResumptionUpdate": {"newHandle": new_handle, "resumable": resumable}})
+        if resumable and new_handle:
+            self._issued_handles.add(new_handle)
+        update: dict[str, Any] = {"resumable": resumable}
+        if new_handle:
+            update["newHandle"] = new_handle
+        await self.send({"sessionResumptionUpdate": update})
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close from the server side and wait until the connection has ended."""
@@ -379,7 +393,10 @@ class FakeLiveServer:
         self._server: Server | None = None
         self._new_sessions: asyncio.Queue[FakeLiveSession] = asyncio.Queue()
         self.sessions: list[FakeLiveSession] = []
-        self.refuse_connections = False  # True: new connections get 1011, like a service that is down
+        self.refuse_connections = False
+        # Handles this server gave out; a setup resuming from any other is refused (1008), like an
+        # expired handle. Tests may remove handles to expire them.
+        self.issued_handles: set[str] = set()  # True: new connections get 1011, like a service that is down
         self.port = 0
 
     @property
@@ -445,7 +462,12 @@ class FakeLiveServer:
         setup = await self._receive_setup(ws)
         if setup is None:
             return
-        session = FakeLiveSession(ws, setup, _api_key(ws.request) or "", self._binary_frames)
+        resumption = _field(setup, "session_resumption")
+        handle = _field(resumption, "handle") if isinstance(resumption, dict) else None
+        if handle is not None and handle not in self.issued_handles:
+            await ws.close(CLOSE_POLICY_VIOLATION, "Session resumption handle is invalid or expired.")
+            return
+        session = FakeLiveSession(ws, setup, _api_key(ws.request) or "", self._binary_frames, self.issued_handles)
         try:
             await session.send({"setupComplete": {}})
         except ConnectionClosed:

@@ -1,0 +1,225 @@
+"""The booking desk: the business plus its bookings in the database, and the only writer of them.
+
+Every write that takes a place (`book`, `move`) checks capacity and writes inside one
+`exclusive()` transaction for the business day (see `engine.py`), so two callers can never
+both get the last place. Times in and out are aware UTC; the tools convert to local time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from phonebot.business import Business, Service, load_business, peak_overlap
+from phonebot.store import migrate
+from phonebot.store.engine import exclusive, make_engine
+from phonebot.store.reference import new_reference, normalize
+from phonebot.store.tables import bookings
+
+if TYPE_CHECKING:
+    from phonebot.settings import Settings
+
+BOOKED, CANCELLED = "booked", "cancelled"
+PHONE_TAIL_DIGITS = 9  # "07700 900123" finds "+447700900123": national and E.164 share the tail
+_REFERENCE_TRIES = 5
+
+
+class PlaceTaken(Exception):
+    """Capacity is reached at that time."""
+
+
+class UnknownBooking(Exception):
+    """No booked (not cancelled) appointment has that reference."""
+
+
+class StoreNotReady(RuntimeError):
+    """The database schema is behind this version of phonebot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appointment:
+    reference: str
+    service: str
+    starts_at: datetime  # aware UTC
+    ends_at: datetime  # aware UTC; the place is held for [starts_at, ends_at)
+    customer_name: str
+    phone: str
+    notes: str
+    status: str  # booked | cancelled
+    call_sid: str
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Appointment:
+        return cls(**{field.name: values[field.name] for field in fields(cls)})
+
+
+def clean_phone(phone: str) -> str:
+    """A phone number as stored and compared: a leading "+" if given, then digits only."""
+    digits = re.sub(r"\D", "", phone)
+    return "+" + digits if phone.strip().startswith("+") and digits else digits
+
+
+class Desk:
+    def __init__(self, business: Business, engine: AsyncEngine) -> None:
+        self.business = business
+        self.engine = engine
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Desk:
+        return self
+
+    async def __aexit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """The places held by bookings that overlap [start, end)."""
+        async with self.engine.connect() as connection:
+            return await self._busy(connection, start, end)
+
+    async def get(self, reference: str) -> Appointment | None:
+        """The appointment with this reference, booked or cancelled, or None."""
+        query = select(bookings).where(bookings.c.reference == normalize(reference),
+                                       bookings.c.business == self.business.key)
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        return Appointment.from_values(row._mapping) if row else None
+
+    async def upcoming(self, phone: str, now: datetime, limit: int = 5) -> list[Appointment]:
+        """Booked appointments from `now` on for this phone number, soonest first.
+
+        A number given with "+" must match exactly; one without (as callers say them, with a
+        trunk 0 and no country code) matches stored numbers that end in the same digits.
+        """
+        wanted = clean_phone(phone)
+        matches = (bookings.c.phone == wanted if wanted.startswith("+")
+                   else bookings.c.phone.like("%" + wanted[-PHONE_TAIL_DIGITS:]))
+        query = (
+            select(bookings)
+            .where(bookings.c.business == self.business.key, bookings.c.status == BOOKED,
+                   bookings.c.starts_at >= now, matches)
+            .order_by(bookings.c.starts_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return [Appointment.from_values(row._mapping) for row in await connection.execute(query)]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def book(
+        self, service: Service, start: datetime, *, customer_name: str, phone: str, notes: str,
+        call_sid: str, now: datetime,
+    ) -> Appointment:
+        """Take a place for `service` from `start`, or raise PlaceTaken if capacity is reached."""
+        start = start.astimezone(UTC)
+        end = start + service.duration
+        for _ in range(_REFERENCE_TRIES):
+            values = {
+                "reference": new_reference(), "business": self.business.key, "service": service.name,
+                "starts_at": start, "ends_at": end, "customer_name": customer_name,
+                "phone": clean_phone(phone), "notes": notes, "status": BOOKED, "call_sid": call_sid,
+                "created_at": now, "updated_at": now,
+            }
+            try:
+                async with exclusive(self.engine, self._lock(start)) as connection:
+                    await self._ensure_room(connection, start, end)
+                    await connection.execute(insert(bookings).values(values))
+                return Appointment.from_values(values)
+            except IntegrityError:
+                continue  # the fresh reference was already taken: draw another
+        raise RuntimeError("could not draw an unused booking reference")
+
+    async def move(self, reference: str, start: datetime, now: datetime) -> Appointment:
+        """Move a booked appointment to `start`, keeping its length; PlaceTaken if it does not fit.
+        The appointment's own current place does not count against it."""
+        start = start.astimezone(UTC)
+        async with exclusive(self.engine, self._lock(start)) as connection:
+            # FOR UPDATE: a cancel or another move of the same booking waits for this one
+            # (PostgreSQL; SQLite's write lock already serializes them).
+            query = select(bookings).where(*self._booked(reference)).with_for_update()
+            row = (await connection.execute(query)).first()
+            if row is None:
+                raise UnknownBooking(reference)
+            end = start + (row.ends_at - row.starts_at)
+            await self._ensure_room(connection, start, end, excluding=row.id)
+            await connection.execute(
+                update(bookings).where(bookings.c.id == row.id)
+                .values(starts_at=start, ends_at=end, updated_at=now)
+            )
+        return Appointment.from_values({**row._mapping, "starts_at": start, "ends_at": end})
+
+    async def cancel(self, reference: str, now: datetime) -> Appointment:
+        """Cancel a booked appointment, freeing its place; UnknownBooking if none is booked."""
+        async with self.engine.begin() as connection:
+            # The status test in the UPDATE makes it atomic: of two cancels, one wins.
+            result = await connection.execute(
+                update(bookings).where(*self._booked(reference))
+                .values(status=CANCELLED, updated_at=now).returning(*bookings.c)
+            )
+            row = result.first()
+        if row is None:
+            raise UnknownBooking(reference)
+        return Appointment.from_values(row._mapping)
+
+    # -- inside a transaction ---------------------------------------------------------------
+
+    def _lock(self, start: datetime) -> str:
+        # Bookings never cross midnight (they fit inside one day's opening hours), so the
+        # business's local day is the unit of contention.
+        return f"{self.business.key}/{self.business.today(start).isoformat()}"
+
+    def _booked(self, reference: str) -> tuple[Any, ...]:
+        return (bookings.c.reference == normalize(reference), bookings.c.business == self.business.key,
+                bookings.c.status == BOOKED)
+
+    async def _busy(
+        self, connection: AsyncConnection, start: datetime, end: datetime, excluding: int | None = None
+    ) -> list[tuple[datetime, datetime]]:
+        query = select(bookings.c.starts_at, bookings.c.ends_at).where(
+            bookings.c.business == self.business.key, bookings.c.status == BOOKED,
+            and_(bookings.c.starts_at < end, bookings.c.ends_at > start),
+        )
+        if excluding is not None:
+            query = query.where(bookings.c.id != excluding)
+        return [(row.starts_at, row.ends_at) for row in await connection.execute(query)]
+
+    async def _ensure_room(
+        self, connection: AsyncConnection, start: datetime, end: datetime, excluding: int | None = None
+    ) -> None:
+        busy = await self._busy(connection, start, end, excluding)
+        if peak_overlap(busy, start, end) >= self.business.capacity:
+            raise PlaceTaken(start)
+
+
+async def open_desk(settings: Settings) -> Desk:
+    """The desk for `settings`' business file and database, ready to book.
+
+    A SQLite database is brought to the current schema on the spot (created if new): one file,
+    one host, nothing to coordinate. A PostgreSQL database shared by replicas is migrated on
+    purpose, with `phonebot db upgrade`; until then this raises StoreNotReady saying so.
+    """
+    business = load_business(settings.business_file)
+    engine = make_engine(settings.database_url)
+    try:
+        if engine.dialect.name == "sqlite":
+            await migrate.upgrade(engine)
+        elif (found := await migrate.current(engine)) != migrate.head():
+            raise StoreNotReady(
+                f"the database is at schema revision {found or 'none'}, phonebot needs {migrate.head()}: "
+                "run `phonebot db upgrade`"
+            )
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Desk(business, engine)

@@ -1,0 +1,1 @@
+"""Alembic migrations, run by `phonebot.store.migrate` (no alembic.ini)."""
