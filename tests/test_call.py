@@ -209,3 +209,18 @@ async def test_hang_up_leaves_nothing_behind(service: Service, gemini: FakeLiveS
     await wait_until(lambda: not service.calls.active)
     await wait_until(lambda: {t for t in asyncio.all_tasks() if not t.done()} <= before)
     assert session.close_code == 1000  # we closed the Live session cleanly
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_call_s": 0.5}], ids=["max-0.5s"])
+async def test_over_long_call_ends_politely(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
+    call, session = await answer(service, gemini)
+    talking = asyncio.create_task(call.send_audio(b"\xff" * 8000, realtime=True))  # 1 s of a caller line
+    cue = await session.wait_for_text("time limit", timeout=3)
+    assert "goodbye" in cue
+    goodbye = audio.tone(440, 24000, 0.3)
+    await session.send_audio(goodbye)
+    await session.send_turn_complete()
+    await asyncio.wait_for(call.closed.wait(), 5)
+    assert call.played_bytes() >= expected_mulaw_bytes(goodbye) - 160  # the goodbye was heard
+    await asyncio.wait_for(session.closed.wait(), 5)
+    talking.cancel()

@@ -1,0 +1,265 @@
+"""Long calls: goAway, dropped sockets, refused handles, a server that stays down, tool calls across a
+switch. In each, the new session must receive exactly the caller audio from the newest handle on:
+in order, none missing, none repeated. Caller audio is noise, so every 20 ms frame is unique, and
+the app's 16 kHz output for frame k is known exactly (streamed resampling equals one-shot)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from phonebot import codec
+from phonebot.tools.context import ToolContext
+from tests import audio
+from tests.call.test_tool_runtime import call_tool
+from tests.conftest import Service
+from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
+from tests.fakes.twilio_media import FakeTwilioCall
+from tests.phone import FORM, answer, expected_mulaw_bytes
+
+FRAME = 160  # mu-law bytes per 20 ms
+PCM16K_PER_FRAME = 640
+
+
+class CallerStream:
+    """The caller's audio: unique frames, and what the model must receive for any span of them."""
+
+    def __init__(self, frames: int = 1500, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.mulaw = bytes(rng.randrange(256) for _ in range(frames * FRAME))
+        self.pcm16k = codec.Upsampler8to16().process(codec.mulaw_to_pcm(self.mulaw))
+        self.sent = 0  # frames sent so far
+
+    async def send(self, call: FakeTwilioCall, frames: int, realtime: bool = False) -> None:
+        start = self.sent
+        self.sent += frames
+        await call.send_audio(self.mulaw[start * FRAME : self.sent * FRAME], realtime=realtime)
+
+    def expected(self, first: int, end: int | None = None) -> bytes:
+        end = self.sent if end is None else end
+        return self.pcm16k[first * PCM16K_PER_FRAME : end * PCM16K_PER_FRAME]
+
+
+def model_of(service: Service) -> Any:
+    return service.calls.active[FORM["CallSid"]].model
+
+
+async def checkpoint(service: Service, session: FakeLiveSession, handle: str, wait_until: Any) -> None:
+    await session.send_session_resumption_update(handle)
+    await wait_until(lambda: model_of(service).handle == handle)
+
+
+async def start(service: Service, gemini: FakeLiveServer, stream: CallerStream, wait_until: Any) -> tuple[FakeTwilioCall, FakeLiveSession]:
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    await stream.send(call, 50)
+    await session.wait_for_audio(50 * PCM16K_PER_FRAME)
+    return call, session
+
+
+async def test_go_away_between_turns(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    bot = audio.tone(440, 24000, 0.2)
+    await first.send_audio(bot)
+    await first.send_turn_complete()
+    await checkpoint(service, first, "h1", wait_until)
+    since = stream.sent
+    await stream.send(call, 50)  # said after the handle: the new session must get it
+    await first.wait_for_audio((since + 50) * PCM16K_PER_FRAME)
+    await first.send_go_away("10s")
+    second = await gemini.next_session()
+    assert second.resumed_from == "h1"
+    await stream.send(call, 25)  # said after the switch
+    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
+    await asyncio.sleep(0.05)
+    assert bytes(second.audio) == stream.expected(since)
+    await asyncio.wait_for(first.closed.wait(), 5)
+    assert first.close_code == 1000  # retired cleanly by us, well before its deadline
+    assert not [t for t in second.texts if "Greet" in t]
+    # The bot carries on on the new session; nothing it said before is sent to the caller again.
+    await call.wait_for_audio(expected_mulaw_bytes(bot))
+    await second.send_audio(bot)
+    await second.send_turn_complete()
+    await call.wait_for_audio(2 * expected_mulaw_bytes(bot))
+    await asyncio.sleep(0.05)
+    assert len(call.received_audio) == 2 * expected_mulaw_bytes(bot)
+    await call.stop()
+
+
+async def test_go_away_mid_turn_waits_for_the_turn_then_switches(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    await checkpoint(service, first, "h1", wait_until)
+    await first.send_audio(audio.tone(440, 24000, 0.2))  # the bot is mid-turn
+    await first.send_go_away("5s")
+    await stream.send(call, 20)
+    await asyncio.sleep(0.2)
+    assert len(gemini.sessions) == 1  # no switch while the bot is speaking
+    await first.send_turn_complete()
+    await first.wait_for_audio(70 * PCM16K_PER_FRAME)
+    await checkpoint(service, first, "h2", wait_until)  # the state now includes the bot's turn
+    since = stream.sent
+    second = await gemini.next_session()
+    assert second.resumed_from == "h2"
+    await stream.send(call, 30)
+    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
+    await asyncio.sleep(0.05)
+    assert bytes(second.audio) == stream.expected(since)
+    await call.stop()
+
+
+async def test_go_away_with_a_turn_that_never_ends_switches_before_the_deadline(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    await checkpoint(service, first, "h1", wait_until)
+    since = stream.sent
+    await first.send_audio(audio.tone(440, 24000, 0.2))
+    await first.send_go_away("1.5s")  # switch by 0.5 s (1 s margin)
+    await stream.send(call, 10)
+    second = await gemini.next_session(timeout=3)
+    assert second.resumed_from == "h1"
+    await stream.send(call, 10)
+    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
+    await asyncio.sleep(0.05)
+    assert bytes(second.audio) == stream.expected(since)
+    assert not first.server_close_code  # we left before the service had to close on us
+    await call.stop()
+
+
+@pytest.mark.parametrize("code", [1011, 1006])
+async def test_dropped_socket_mid_turn_resumes_with_nothing_lost(
+    service: Service, gemini: FakeLiveServer, wait_until: Any, code: int
+) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    await checkpoint(service, first, "h1", wait_until)
+    since = stream.sent
+    await first.send_audio(audio.tone(440, 24000, 0.2))  # mid-turn
+    talking = asyncio.create_task(stream.send(call, 50, realtime=True))  # the caller keeps talking: 1 s
+    await asyncio.sleep(0.3)
+    if code == 1006:
+        first._ws.transport.abort()  # the network drops: no close frame at all
+    else:
+        await first.close(code, "Internal error encountered.")
+    second = await gemini.next_session()
+    assert second.resumed_from == "h1"
+    await talking
+    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
+    await asyncio.sleep(0.05)
+    assert bytes(second.audio) == stream.expected(since)  # before, during and after the drop
+    assert model_of(service).dropped_audio_messages == 0
+    await call.stop()
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{}, {"gemini_model": "gemini-3.1-flash-live-preview"}],
+    ids=["gemini-2.5", "gemini-3.x"],
+)
+async def test_refused_handle_starts_fresh_with_the_conversation_so_far(
+    service: Service, gemini: FakeLiveServer, wait_until: Any, settings_overrides: dict[str, Any]
+) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    await first.send_input_transcription("I'd like to book a cleaning.")
+    await first.send_output_transcription("Of course. What day suits you?")
+    await first.send_audio(audio.tone(440, 24000, 0.1))
+    await first.send_turn_complete()
+    await checkpoint(service, first, "h1", wait_until)
+    gemini.issued_handles.discard("h1")  # expired by the time we need it
+    await first.close(1011, "Internal error encountered.")
+    second = await gemini.next_session()
+    assert second.resumed_from is None
+    await wait_until(lambda: second.client_contents)  # sent right after the setup
+    turns = second.client_contents[0]["turns"]
+    assert [(t["role"], t["parts"][0]["text"]) for t in turns] == [
+        ("user", "I'd like to book a cleaning."),
+        ("model", "Of course. What day suits you?"),
+    ]
+    gemini3 = bool(settings_overrides)
+    # 3.x takes history only as declared initial history, closed by turnComplete; 2.5 would answer
+    # a complete turn, so there it stays open.
+    assert bool(second.setup.get("historyConfig")) == gemini3
+    assert bool(second.client_contents[0].get("turnComplete")) == gemini3
+    assert not any("Greet" in text for text in second.texts)  # carries on, no second greeting
+    since = stream.sent
+    await stream.send(call, 10)
+    await second.wait_for_audio(10 * PCM16K_PER_FRAME)
+    assert bytes(second.audio) == stream.expected(since)
+    await call.stop()
+
+
+async def test_long_call_with_several_go_aways(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
+    """A long call in accelerated time: every connection ends with a goAway; the caller never stops."""
+    stream = CallerStream()
+    call, session = await start(service, gemini, stream, wait_until)
+    for n in range(6):
+        await checkpoint(service, session, f"h{n}", wait_until)
+        since = stream.sent
+        await stream.send(call, 15)
+        await session.send_go_away("10s")
+        talking = asyncio.create_task(stream.send(call, 10, realtime=True))  # talking through the switch
+        replacement = await gemini.next_session()
+        await talking
+        assert replacement.resumed_from == f"h{n}"
+        await replacement.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
+        await asyncio.sleep(0.02)
+        assert bytes(replacement.audio) == stream.expected(since)
+        await asyncio.wait_for(session.closed.wait(), 5)
+        session = replacement
+    assert model_of(service).switches == 6
+    assert len(gemini.sessions) == 7
+    await call.stop()
+
+
+SLOW_S = 0.4
+
+
+async def slow_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
+    """Look a name up, slowly.
+
+    Args:
+        name: The name to look up.
+    """
+    await asyncio.sleep(SLOW_S)
+    return {"found": name}
+
+
+@pytest.fixture
+def extra_tools() -> list[Any]:
+    return [slow_lookup]
+
+
+async def test_tool_result_reaches_the_model_across_a_reconnect(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    await checkpoint(service, first, "h1", wait_until)
+    await call_tool(first, "t1", "slow_lookup", {"name": "Ada"})
+    await asyncio.sleep(0.05)
+    await first.close(1011, "Internal error encountered.")  # while the tool works
+    second = await gemini.next_session()
+    text = await second.wait_for_text("slow_lookup", timeout=3)
+    assert '"found": "Ada"' in text  # the resumed state predates the call: the result comes as text
+    assert not first.tool_responses and not second.tool_responses
+    await call.stop()
+
+
+async def test_keepalive_never_ends_a_call_over_a_slow_pong(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
+    from phonebot.gemini.live import KEEPALIVE
+
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    socket = model_of(service)._conn._session._ws  # the SDK's websockets connection
+    assert (socket.ping_interval, socket.ping_timeout) == (KEEPALIVE["ping_interval"], KEEPALIVE["ping_timeout"])
+    assert socket.ping_timeout >= 60  # and were it ever to fire, the call would just reconnect
+    await call.stop()
