@@ -188,6 +188,7 @@ class FakeLiveSession:
         self.headers: Headers = ws.request.headers if ws.request else Headers()
         self.messages: list[dict[str, Any]] = []
         self.audio = bytearray()
+        self.audio_times: list[float] = []  # monotonic arrival time of each audio message
         self.audio_mime_types: set[str] = set()
         self.texts: list[str] = []
         self.client_contents: list[dict[str, Any]] = []
@@ -256,6 +257,7 @@ class FakeLiveSession:
             reason = "Invalid value at realtime_input.audio: expected a Blob."
             raise _ProtocolError(CLOSE_INVALID_PAYLOAD, reason)
         self.audio.extend(_decode_base64(blob.get("data", "")))
+        self.audio_times.append(time.monotonic())
         mime_type = _field(blob, "mime_type")
         if mime_type:
             self.audio_mime_types.add(mime_type)
