@@ -33,9 +33,11 @@ from phonebot.gemini.setup import history_content, is_gemini3, live_config
 from phonebot.settings import MissingSetting, Settings
 from phonebot.tools.spec import ToolSpec
 
-# Pings find a dead connection; a slow pong (a busy server, a congested link) must not end a
-# call, and with session resumption a closed connection only means a reconnect.
-KEEPALIVE = {"ping_interval": 15.0, "ping_timeout": 60.0}
+# Pings find a dead connection within half a minute. A pong slower than that (a busy server, a
+# congested link) does not end the call either: the connection is replaced and resumed, losing
+# nothing. A connection we retire gets a second for its closing handshake, not the default ten:
+# the call reads the new connection only once the old one is closed.
+KEEPALIVE = {"ping_interval": 10.0, "ping_timeout": 20.0, "close_timeout": 1.0}
 # Close codes with which the service refuses a resumption handle (expired or unknown).
 _REFUSED = {1007, 1008}
 
