@@ -52,7 +52,7 @@ async def check_availability(
     if last < first:
         raise ToolError("bad_input", "date_to is before date_from; pass the earlier date first.")
     if last < today:
-        raise ToolError("in_past", f"Those dates have passed; today is {spoken_date(today, today)}.")
+        raise ToolError("in_past", f"Those dates have passed; today is {spoken_date(today, today, relative=False)}.")
     first = max(first, today)
     last = min(last, first + timedelta(days=MAX_DAYS_SEARCHED - 1))
     prefer = _preference(time_preference)
@@ -67,7 +67,7 @@ async def check_availability(
     if not days:
         later = await _free_days(desk, wanted, last + timedelta(days=1), last + timedelta(days=LOOKAHEAD_DAYS),
                                  now, prefer, stop_after=1)
-        closed = [spoken_date(day, today) for day in _dates(first, last) if business.is_closed(day)]
+        closed = [spoken_date(day, today, relative=False) for day in _dates(first, last) if business.is_closed(day)]
         result["message"] = "Nothing is free then" + (f"; closed on {', '.join(closed)}" if closed else "") + "."
         if later:
             result["next_available"] = _day_entry(*later[0], today)
@@ -206,14 +206,15 @@ def describe(appointment: Appointment, business: Business, now: datetime) -> dic
     }
 
 
-def spoken_date(day: date, today: date) -> str:
-    """`Tuesday the 1st of December`, with the year only when it is not this year's."""
+def spoken_date(day: date, today: date, relative: bool = True) -> str:
+    """`Tuesday the 1st of December`, with the year only when it is not this year's, and
+    "today, " or "tomorrow, " before it when it is (and `relative`)."""
     suffix = "th" if 11 <= day.day % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(day.day % 10, "th")
     text = f"{day:%A} the {day.day}{suffix} of {day:%B}"
     if day.year != today.year:
         text += f" {day.year}"
-    relative = {0: "today", 1: "tomorrow"}.get((day - today).days)
-    return f"{relative}, {text}" if relative else text
+    near = {0: "today", 1: "tomorrow"}.get((day - today).days) if relative else None
+    return f"{near}, {text}" if near else text
 
 
 def spoken_time(minutes: int) -> str:
@@ -276,13 +277,14 @@ def _choose(free: list[datetime], prefer: Preference) -> list[datetime]:
 
 
 async def _taken(desk: Desk, service: Service, start: datetime, now: datetime) -> ToolError:
+    """`taken`, with the three free times nearest to the one asked for, so the bot can offer them."""
     business = desk.business
-    day = start.astimezone(business.timezone).date()
-    target = start.astimezone(business.timezone)
-    free = await _free_days(desk, service, day, day, now, target.hour * 60 + target.minute)
-    others = ", ".join(spoken_time(s.hour * 60 + s.minute) for s in free[0][1][:3]) if free else ""
+    wanted = _minutes_of(start, business)
+    free = await _free_days(desk, service, business.today(start), business.today(start), now, wanted)
+    nearest = sorted(free[0][1], key=lambda s: (abs(_minutes_of(s, business) - wanted), s))[:3] if free else []
+    others = ", ".join(spoken_time(_minutes_of(s, business)) for s in sorted(nearest))
     offer = f" The nearest free times that day: {others}." if others else " Nothing else is free that day."
-    return ToolError("taken", f"{spoken_time(target.hour * 60 + target.minute)} is no longer free.{offer}")
+    return ToolError("taken", f"{spoken_time(wanted)} is no longer free.{offer}")
 
 
 # -- checking what the model passed ----------------------------------------------------------
@@ -356,9 +358,9 @@ def _place(business: Business, service: Service, day: date, minutes: int, now: d
     today = business.today(now)
     if start <= now:
         raise ToolError("in_past", f"That time has passed: it is now {spoken_time(_minutes_of(now, business))} "
-                                   f"on {spoken_date(today, today)}.")
+                                   f"on {spoken_date(today, today, relative=False)}.")
     if business.is_closed(day):
-        raise ToolError("closed", f"We are closed on {spoken_date(day, today)}. {_open_days(business)}")
+        raise ToolError("closed", f"We are closed on {spoken_date(day, today, relative=False)}. {_open_days(business)}")
     if start in business.starts(day, service):
         return start
     ranges = business.opening(day)
@@ -368,7 +370,7 @@ def _place(business: Business, service: Service, day: date, minutes: int, now: d
         step = int(business.slot_step.total_seconds() // 60)
         raise ToolError("bad_input", f"Appointments start every {step} minutes from opening; pick a time from "
                                      "check_availability.")
-    raise ToolError("closed", f"On {spoken_date(day, today)} we are open {hours}, and a {service.minutes}-minute "
+    raise ToolError("closed", f"On {spoken_date(day, today, relative=False)} we are open {hours}, and a {service.minutes}-minute "
                               f"{service.name} has to end by closing time.")
 
 
