@@ -26,6 +26,7 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -117,7 +118,8 @@ class Business:
     ) -> list[datetime]:
         """The grid starts on `day` where `service` still fits under capacity, given `busy`."""
         return [
-            start for start in self.starts(day, service)
+            start
+            for start in self.starts(day, service)
             if peak_overlap(busy, start, start + service.duration) < self.capacity
         ]
 
@@ -163,10 +165,14 @@ def load_business(path: Path) -> Business:
 
 def parse_business(raw: dict[str, Any]) -> Business:
     name = _text(raw.get("name"), "name")
-    services = tuple(_service(item, f"services[{index}]") for index, item in enumerate(_list(raw, "services")))
+    services = tuple(
+        _service(item, f"services[{index}]") for index, item in enumerate(_list(raw, "services"))
+    )
     if not services:
         raise BusinessFileError("services: list at least one service")
-    said = [word for service in services for word in {_fold(name) for name in (service.name, *service.aliases)}]
+    said = [
+        word for service in services for word in {_fold(name) for name in (service.name, *service.aliases)}
+    ]
     if len(said) != len(set(said)):
         raise BusinessFileError("services: two services share a name or alias")
     return Business(
@@ -208,7 +214,9 @@ def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise BusinessFileError(f"timezone: {name!r} is not an IANA time zone such as 'Europe/London'") from None
+        raise BusinessFileError(
+            f"timezone: {name!r} is not an IANA time zone such as 'Europe/London'"
+        ) from None
 
 
 def _date(value: Any, field: str) -> date:
@@ -232,7 +240,7 @@ def _hours(raw: Any) -> dict[int, tuple[tuple[int, int], ...]]:
         if not isinstance(ranges, list):
             raise BusinessFileError(f'hours.{day}: must be a list such as ["09:00-12:30"]')
         parsed = sorted(_range(text, f"hours.{day}") for text in ranges)
-        for (_, first_end), (second_start, _) in zip(parsed, parsed[1:]):
+        for (_, first_end), (second_start, _) in pairwise(parsed):
             if second_start < first_end:
                 raise BusinessFileError(f"hours.{day}: opening ranges overlap")
         if parsed:

@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.set_defaults(func=serve)
     commands.add_parser("doctor", help="check the settings and say what is missing").set_defaults(func=doctor)
-    db_cmd = commands.add_parser("db", help="the booking database").add_subparsers(dest="db_command", required=True)
-    db_cmd.add_parser("upgrade", help="apply the database migrations (DATABASE_URL)").set_defaults(func=db_upgrade)
+    db_cmd = commands.add_parser("db", help="the booking database")
+    db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_upgrade_cmd = db_commands.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
+    db_upgrade_cmd.set_defaults(func=db_upgrade)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

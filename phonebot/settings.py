@@ -21,6 +21,11 @@ from phonebot.business import DEFAULT_BUSINESS_FILE, BusinessFileError, load_bus
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
 DEFAULT_PROMPT = Path(__file__).parent / "prompts" / "receptionist.md"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./phonebot.db"
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+}
 
 
 class MissingSetting(RuntimeError):
@@ -88,9 +93,8 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         scheme, separator, rest = value.partition("://")
-        drivers = {"sqlite": "sqlite+aiosqlite", "postgres": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg"}
-        scheme = drivers.get(scheme, scheme)
-        if not separator or scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        scheme = _ASYNC_DRIVERS.get(scheme, scheme)
+        if not separator or scheme not in _ASYNC_DRIVERS.values():
             raise ValueError("must be sqlite+aiosqlite:///path.db or postgresql+asyncpg://user:password@host/db")
         return f"{scheme}://{rest}"
 
@@ -182,7 +186,9 @@ def describe_invalid(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         variable = str(item["loc"][0]) if item["loc"] else "?"
-        shown = "" if "TOKEN" in variable or "KEY" in variable else f" (got {item.get('input')!r})"
+        # Secrets' values are never echoed; a database URL may carry a password.
+        secret = "TOKEN" in variable or "KEY" in variable or variable == "DATABASE_URL"
+        shown = "" if secret else f" (got {item.get('input')!r})"
         lines.append(f"{variable}: {item['msg'].removeprefix('Value error, ')}{shown}")
     return lines
 

@@ -1,34 +1,28 @@
 """The model's side of a call: one Gemini Live session through google-genai.
 
-`GeminiLive` is the `ModelConnector`; `LiveSession` the `ModelPort`. Gemini's message
-types are translated into `phonebot.call.ports` events here and go no further.
+`GeminiLive` is the `ModelConnector`; `LiveSession` the `ModelConnection`. Gemini's
+messages become `phonebot.call.ports` events here (`wire.parse`) and go no further.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import structlog
 from google import genai
 from google.genai import errors, types
+from websockets.exceptions import ConnectionClosed
 
 from phonebot.call.ports import (
-    BotAudio,
-    BotInterrupted,
-    BotTurnComplete,
     CallInfo,
-    Checkpoint,
-    GoingAway,
     HistoryTurn,
     ModelClosed,
     ModelEvent,
-    ToolCall,
     ResumeRefused,
-    ToolCallCancelled,
-    Transcript,
 )
+from phonebot.gemini import wire
 from phonebot.gemini.setup import history_content, is_gemini3, live_config
 from phonebot.settings import MissingSetting, Settings
 from phonebot.tools.spec import ToolSpec
@@ -43,7 +37,6 @@ _REFUSED = {1007, 1008}
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
-_INPUT_MIME = f"audio/pcm;rate={INPUT_RATE}"
 
 log = structlog.get_logger(__name__)
 
@@ -91,11 +84,15 @@ class GeminiLive:
 
 
 class LiveSession:
+    """One Live connection. Audio goes over the SDK's own socket through `wire` (the hot path);
+    tool responses and history go through the SDK's methods."""
+
     input_rate = INPUT_RATE
     output_rate = OUTPUT_RATE
 
     def __init__(self, session: genai.live.AsyncSession, stack: contextlib.AsyncExitStack) -> None:
         self._session = session
+        self._ws = session._ws  # the SDK keeps its websocket here; `wire` writes what the SDK would
         self._stack = stack
         self.messages_sent = 0  # the setup was message 0
 
@@ -106,7 +103,7 @@ class LiveSession:
 
     async def send_audio(self, pcm: bytes) -> None:
         self.messages_sent += 1
-        await self._session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=_INPUT_MIME))
+        await self._ws.send(wire.audio_message(pcm))
 
     async def send_text(self, text: str) -> None:
         # Realtime text, not client_content: 3.x models take client_content only as
@@ -125,56 +122,22 @@ class LiveSession:
         await self._session.send_tool_response(function_responses=[response])
 
     async def events(self) -> AsyncIterator[ModelEvent]:
-        try:
-            while True:  # receive() ends at each turnComplete
-                async for message in self._session.receive():
-                    for event in translate(message):
-                        yield event
-        except errors.APIError as error:
-            yield ModelClosed(error.code, str(error.message or error.status or ""))
-        except Exception as error:  # noqa: BLE001 - any failure of the socket ends the session
-            log.warning("model.receive_failed", error=repr(error))
-            yield ModelClosed(1006, repr(error))
+        while True:
+            try:
+                raw = await self._ws.recv(decode=False)
+            except ConnectionClosed as closed:
+                code, reason = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (1006, "no close frame")
+                yield ModelClosed(code, reason)
+                return
+            try:
+                events = wire.parse(raw)
+            except ValueError as error:  # one garbled message is not worth a call
+                log.warning("model.bad_message", error=repr(error), size=len(raw))
+                continue
+            for event in events:
+                yield event
+                if isinstance(event, ModelClosed):
+                    return
 
     async def close(self) -> None:
         await self._stack.aclose()
-
-
-def translate(message: types.LiveServerMessage) -> Iterator[ModelEvent]:
-    """One server message may carry several things; yield them in the order they matter."""
-    content = message.server_content
-    if content is not None:
-        yield from _content(content)
-    if message.session_resumption_update is not None:
-        update = message.session_resumption_update
-        yield Checkpoint(update.new_handle or "", bool(update.resumable), update.last_consumed_client_message_index)
-    if message.go_away is not None:
-        yield GoingAway(_seconds(message.go_away.time_left))
-    if message.tool_call is not None:
-        for call in message.tool_call.function_calls or ():
-            yield ToolCall(call.id or "", call.name or "", dict(call.args or {}))
-    if message.tool_call_cancellation is not None:
-        yield ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ()))
-
-
-def _content(content: types.LiveServerContent) -> Iterator[ModelEvent]:
-    if content.interrupted:
-        yield BotInterrupted()
-    if content.input_transcription is not None and content.input_transcription.text:
-        yield Transcript("caller", content.input_transcription.text)
-    if content.model_turn is not None:
-        for part in content.model_turn.parts or ():
-            if part.inline_data is not None and part.inline_data.data:
-                yield BotAudio(part.inline_data.data)
-    if content.output_transcription is not None and content.output_transcription.text:
-        yield Transcript("bot", content.output_transcription.text)
-    if content.turn_complete:
-        yield BotTurnComplete()
-
-
-def _seconds(duration: str | None) -> float:
-    """A protobuf Duration in JSON ("12.5s") as seconds; unknown means "soon"."""
-    try:
-        return float((duration or "").removesuffix("s"))
-    except ValueError:
-        return 1.0

@@ -90,8 +90,9 @@ class Desk:
 
     async def get(self, reference: str) -> Appointment | None:
         """The appointment with this reference, booked or cancelled, or None."""
-        query = select(bookings).where(bookings.c.reference == normalize(reference),
-                                       bookings.c.business == self.business.key)
+        query = select(bookings).where(
+            bookings.c.reference == normalize(reference), bookings.c.business == self.business.key
+        )
         async with self.engine.connect() as connection:
             row = (await connection.execute(query)).first()
         return Appointment.from_values(row._mapping) if row else None
@@ -103,12 +104,19 @@ class Desk:
         trunk 0 and no country code) matches stored numbers that end in the same digits.
         """
         wanted = clean_phone(phone)
-        matches = (bookings.c.phone == wanted if wanted.startswith("+")
-                   else bookings.c.phone.like("%" + wanted[-PHONE_TAIL_DIGITS:]))
+        matches = (
+            bookings.c.phone == wanted
+            if wanted.startswith("+")
+            else bookings.c.phone.like("%" + wanted[-PHONE_TAIL_DIGITS:])
+        )
         query = (
             select(bookings)
-            .where(bookings.c.business == self.business.key, bookings.c.status == BOOKED,
-                   bookings.c.starts_at >= now, matches)
+            .where(
+                bookings.c.business == self.business.key,
+                bookings.c.status == BOOKED,
+                bookings.c.starts_at >= now,
+                matches,
+            )
             .order_by(bookings.c.starts_at)
             .limit(limit)
         )
@@ -118,18 +126,33 @@ class Desk:
     # -- writing ---------------------------------------------------------------------------
 
     async def book(
-        self, service: Service, start: datetime, *, customer_name: str, phone: str, notes: str,
-        call_sid: str, now: datetime,
+        self,
+        service: Service,
+        start: datetime,
+        *,
+        customer_name: str,
+        phone: str,
+        notes: str,
+        call_sid: str,
+        now: datetime,
     ) -> Appointment:
         """Take a place for `service` from `start`, or raise PlaceTaken if capacity is reached."""
         start = start.astimezone(UTC)
         end = start + service.duration
         for _ in range(_REFERENCE_TRIES):
             values = {
-                "reference": new_reference(), "business": self.business.key, "service": service.name,
-                "starts_at": start, "ends_at": end, "customer_name": customer_name,
-                "phone": clean_phone(phone), "notes": notes, "status": BOOKED, "call_sid": call_sid,
-                "created_at": now, "updated_at": now,
+                "reference": new_reference(),
+                "business": self.business.key,
+                "service": service.name,
+                "starts_at": start,
+                "ends_at": end,
+                "customer_name": customer_name,
+                "phone": clean_phone(phone),
+                "notes": notes,
+                "status": BOOKED,
+                "call_sid": call_sid,
+                "created_at": now,
+                "updated_at": now,
             }
             try:
                 async with exclusive(self.engine, self._lock(start)) as connection:
@@ -154,7 +177,8 @@ class Desk:
             end = start + (row.ends_at - row.starts_at)
             await self._ensure_room(connection, start, end, excluding=row.id)
             await connection.execute(
-                update(bookings).where(bookings.c.id == row.id)
+                update(bookings)
+                .where(bookings.c.id == row.id)
                 .values(starts_at=start, ends_at=end, updated_at=now)
             )
         return Appointment.from_values({**row._mapping, "starts_at": start, "ends_at": end})
@@ -164,8 +188,10 @@ class Desk:
         async with self.engine.begin() as connection:
             # The status test in the UPDATE makes it atomic: of two cancels, one wins.
             result = await connection.execute(
-                update(bookings).where(*self._booked(reference))
-                .values(status=CANCELLED, updated_at=now).returning(*bookings.c)
+                update(bookings)
+                .where(*self._booked(reference))
+                .values(status=CANCELLED, updated_at=now)
+                .returning(*bookings.c)
             )
             row = result.first()
         if row is None:
@@ -180,14 +206,18 @@ class Desk:
         return f"{self.business.key}/{self.business.today(start).isoformat()}"
 
     def _booked(self, reference: str) -> tuple[Any, ...]:
-        return (bookings.c.reference == normalize(reference), bookings.c.business == self.business.key,
-                bookings.c.status == BOOKED)
+        return (
+            bookings.c.reference == normalize(reference),
+            bookings.c.business == self.business.key,
+            bookings.c.status == BOOKED,
+        )
 
     async def _busy(
         self, connection: AsyncConnection, start: datetime, end: datetime, excluding: int | None = None
     ) -> list[tuple[datetime, datetime]]:
         query = select(bookings.c.starts_at, bookings.c.ends_at).where(
-            bookings.c.business == self.business.key, bookings.c.status == BOOKED,
+            bookings.c.business == self.business.key,
+            bookings.c.status == BOOKED,
             and_(bookings.c.starts_at < end, bookings.c.ends_at > start),
         )
         if excluding is not None:

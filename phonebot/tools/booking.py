@@ -28,7 +28,11 @@ _PERIODS = {"morning": (0, 12 * 60), "afternoon": (12 * 60, 17 * 60), "evening":
 
 
 async def check_availability(
-    ctx: ToolContext, service: str, date_from: str, date_to: str | None = None, time_preference: str | None = None
+    ctx: ToolContext,
+    service: str,
+    date_from: str,
+    date_to: str | None = None,
+    time_preference: str | None = None,
 ) -> dict[str, Any]:
     """Find free appointment times for a service, before booking or moving an appointment.
     Returns a few free start times per day in the business's local time, with spoken_date and
@@ -52,30 +56,50 @@ async def check_availability(
     if last < first:
         raise ToolError("bad_input", "date_to is before date_from; pass the earlier date first.")
     if last < today:
-        raise ToolError("in_past", f"Those dates have passed; today is {spoken_date(today, today, relative=False)}.")
+        raise ToolError(
+            "in_past", f"Those dates have passed; today is {spoken_date(today, today, relative=False)}."
+        )
     first = max(first, today)
     last = min(last, first + timedelta(days=MAX_DAYS_SEARCHED - 1))
     prefer = _preference(time_preference)
 
     days = await _free_days(desk, wanted, first, last, now, prefer)
     result: dict[str, Any] = {
-        "service": wanted.name, "duration_minutes": wanted.minutes, "today": today.isoformat(),
+        "service": wanted.name,
+        "duration_minutes": wanted.minutes,
+        "today": today.isoformat(),
         "days": [_day_entry(day, times, today) for day, times in days[:MAX_DAYS_LISTED]],
     }
     if len(days) > MAX_DAYS_LISTED:
         result["more_days_available"] = True
     if not days:
-        later = await _free_days(desk, wanted, last + timedelta(days=1), last + timedelta(days=LOOKAHEAD_DAYS),
-                                 now, prefer, stop_after=1)
-        closed = [spoken_date(day, today, relative=False) for day in _dates(first, last) if business.is_closed(day)]
-        result["message"] = "Nothing is free then" + (f"; closed on {', '.join(closed)}" if closed else "") + "."
+        later = await _free_days(
+            desk,
+            wanted,
+            last + timedelta(days=1),
+            last + timedelta(days=LOOKAHEAD_DAYS),
+            now,
+            prefer,
+            stop_after=1,
+        )
+        closed = [
+            spoken_date(day, today, relative=False) for day in _dates(first, last) if business.is_closed(day)
+        ]
+        result["message"] = (
+            "Nothing is free then" + (f"; closed on {', '.join(closed)}" if closed else "") + "."
+        )
         if later:
             result["next_available"] = _day_entry(*later[0], today)
     return result
 
 
 async def book_appointment(
-    ctx: ToolContext, service: str, date: str, time: str, customer_name: str, phone: str | None = None,
+    ctx: ToolContext,
+    service: str,
+    date: str,
+    time: str,
+    customer_name: str,
+    phone: str | None = None,
     notes: str = "",
 ) -> dict[str, Any]:
     """Book an appointment once the caller has chosen a free time and given their name. Then tell
@@ -101,14 +125,23 @@ async def book_appointment(
     if phone and len(number.lstrip("+")) < MIN_PHONE_DIGITS:
         raise ToolError("bad_input", f"{phone!r} is not a full phone number; ask for it again.")
     try:
-        booked = await desk.book(wanted, start, customer_name=name[:200], phone=number, notes=notes.strip()[:2000],
-                                 call_sid=ctx.call_sid, now=now)
+        booked = await desk.book(
+            wanted,
+            start,
+            customer_name=name[:200],
+            phone=number,
+            notes=notes.strip()[:2000],
+            call_sid=ctx.call_sid,
+            now=now,
+        )
     except PlaceTaken:
         raise await _taken(desk, wanted, start, now) from None
     return {"booked": True, **describe(booked, business, now)}
 
 
-async def find_booking(ctx: ToolContext, reference: str | None = None, phone: str | None = None) -> dict[str, Any]:
+async def find_booking(
+    ctx: ToolContext, reference: str | None = None, phone: str | None = None
+) -> dict[str, Any]:
     """Look up a caller's bookings: by booking reference (that booking, even if cancelled), or
     else the upcoming bookings made with a phone number, by default the number they are calling from.
 
@@ -123,13 +156,18 @@ async def find_booking(ctx: ToolContext, reference: str | None = None, phone: st
         return {"bookings": [describe(found, business, now)]}
     number = phone or ctx.caller_number
     if not number:
-        raise ToolError("bad_input", "The caller's number is withheld: ask for their booking reference or phone number.")
+        raise ToolError(
+            "bad_input", "The caller's number is withheld: ask for their booking reference or phone number."
+        )
     if len(clean_phone(number).lstrip("+")) < MIN_PHONE_DIGITS:
         raise ToolError("bad_input", f"{number!r} is not a full phone number; ask for it again.")
     upcoming = await desk.upcoming(number, now)
     if not upcoming:
-        raise ToolError("not_found", f"No upcoming bookings for the phone number {number}. Ask for the booking "
-                                     "reference, or the number they booked with.")
+        raise ToolError(
+            "not_found",
+            f"No upcoming bookings for the phone number {number}. Ask for the booking "
+            "reference, or the number they booked with.",
+        )
     return {"bookings": [describe(appointment, business, now) for appointment in upcoming]}
 
 
@@ -146,7 +184,9 @@ async def cancel_booking(ctx: ToolContext, reference: str) -> dict[str, Any]:
     if found.status == "cancelled":
         return {"cancelled": True, "already_cancelled": True, **describe(found, business, now)}
     if found.starts_at <= now:
-        raise ToolError("in_past", "That appointment has already started or taken place; it cannot be cancelled.")
+        raise ToolError(
+            "in_past", "That appointment has already started or taken place; it cannot be cancelled."
+        )
     try:
         cancelled = await desk.cancel(found.reference, now)
     except UnknownBooking:  # cancelled by someone else a moment ago
@@ -167,9 +207,13 @@ async def reschedule_booking(ctx: ToolContext, reference: str, date: str, time: 
     business, now = desk.business, ctx.now()
     found = await _existing(desk, reference)
     if found.status == "cancelled":
-        raise ToolError("not_found", f"Booking {found.reference} was cancelled; book a new appointment instead.")
+        raise ToolError(
+            "not_found", f"Booking {found.reference} was cancelled; book a new appointment instead."
+        )
     if found.starts_at <= now:
-        raise ToolError("in_past", "That appointment has already started or taken place; book a new one instead.")
+        raise ToolError(
+            "in_past", "That appointment has already started or taken place; book a new one instead."
+        )
     # The booking keeps the length it was made with, even if the service has changed since.
     kept = Service(found.service, found.ends_at - found.starts_at)
     start = _place(business, kept, _day(date, business.today(now), "date"), _clock(time), now)
@@ -241,12 +285,20 @@ def _day_entry(day: date, times: list[datetime], today: date) -> dict[str, Any]:
 
 
 async def _free_days(
-    desk: Desk, service: Service, first: date, last: date, now: datetime, prefer: Preference, stop_after: int = 0,
+    desk: Desk,
+    service: Service,
+    first: date,
+    last: date,
+    now: datetime,
+    prefer: Preference,
+    stop_after: int = 0,
 ) -> list[tuple[date, list[datetime]]]:
     """Days from `first` to `last` with free times (as offered: filtered, and cut to a few)."""
     business = desk.business
-    bounds = (datetime.combine(first, datetime.min.time(), business.timezone),
-              datetime.combine(last + timedelta(days=1), datetime.min.time(), business.timezone))
+    bounds = (
+        datetime.combine(first, datetime.min.time(), business.timezone),
+        datetime.combine(last + timedelta(days=1), datetime.min.time(), business.timezone),
+    )
     busy = await desk.busy(*bounds)
     days = []
     for day in _dates(first, last):
@@ -281,7 +333,9 @@ async def _taken(desk: Desk, service: Service, start: datetime, now: datetime) -
     business = desk.business
     wanted = _minutes_of(start, business)
     free = await _free_days(desk, service, business.today(start), business.today(start), now, wanted)
-    nearest = sorted(free[0][1], key=lambda s: (abs(_minutes_of(s, business) - wanted), s))[:3] if free else []
+    nearest = (
+        sorted(free[0][1], key=lambda s: (abs(_minutes_of(s, business) - wanted), s))[:3] if free else []
+    )
     others = ", ".join(spoken_time(_minutes_of(s, business)) for s in sorted(nearest))
     offer = f" The nearest free times that day: {others}." if others else " Nothing else is free that day."
     return ToolError("taken", f"{spoken_time(wanted)} is no longer free.{offer}")
@@ -308,8 +362,11 @@ def _service(business: Business, said: str) -> Service:
 async def _existing(desk: Desk, reference: str) -> Appointment:
     found = await desk.get(reference)
     if found is None:
-        raise ToolError("not_found", f"No booking has the reference {reference!r}. Ask the caller to spell it "
-                                     "again, or look it up by phone number.")
+        raise ToolError(
+            "not_found",
+            f"No booking has the reference {reference!r}. Ask the caller to spell it "
+            "again, or look it up by phone number.",
+        )
     return found
 
 
@@ -320,7 +377,9 @@ def _day(text: str, today: date, argument: str) -> date:
     try:
         return date.fromisoformat(said)
     except ValueError:
-        raise ToolError("bad_input", f"{argument} must be an ISO date like {today.isoformat()} (got {text!r}).") from None
+        raise ToolError(
+            "bad_input", f"{argument} must be an ISO date like {today.isoformat()} (got {text!r})."
+        ) from None
 
 
 def _clock(text: str) -> int:
@@ -346,32 +405,48 @@ def _preference(text: str | None) -> Preference:
     try:
         return _clock(text)
     except ToolError:
-        raise ToolError("bad_input", "time_preference must be morning, afternoon, evening, or a time like "
-                                     f"14:30 (got {text!r}).") from None
+        raise ToolError(
+            "bad_input",
+            f"time_preference must be morning, afternoon, evening, or a time like 14:30 (got {text!r}).",
+        ) from None
 
 
 def _place(business: Business, service: Service, day: date, minutes: int, now: datetime) -> datetime:
     """The aware start for `day` at `minutes`, if the business takes bookings for `service` then."""
     start = business.local(day, minutes)
     if start is None:
-        raise ToolError("bad_input", f"{spoken_time(minutes)} does not exist on that day (the clocks change).")
+        raise ToolError(
+            "bad_input", f"{spoken_time(minutes)} does not exist on that day (the clocks change)."
+        )
     today = business.today(now)
     if start <= now:
-        raise ToolError("in_past", f"That time has passed: it is now {spoken_time(_minutes_of(now, business))} "
-                                   f"on {spoken_date(today, today, relative=False)}.")
+        raise ToolError(
+            "in_past",
+            f"That time has passed: it is now {spoken_time(_minutes_of(now, business))} "
+            f"on {spoken_date(today, today, relative=False)}.",
+        )
     if business.is_closed(day):
-        raise ToolError("closed", f"We are closed on {spoken_date(day, today, relative=False)}. {_open_days(business)}")
+        raise ToolError(
+            "closed", f"We are closed on {spoken_date(day, today, relative=False)}. {_open_days(business)}"
+        )
     if start in business.starts(day, service):
         return start
     ranges = business.opening(day)
-    hours = " and ".join(f"{spoken_time(_minutes_of(a, business))} to {spoken_time(_minutes_of(b, business))}"
-                         for a, b in ranges)
+    hours = " and ".join(
+        f"{spoken_time(_minutes_of(a, business))} to {spoken_time(_minutes_of(b, business))}"
+        for a, b in ranges
+    )
     if any(opens <= start and start + service.duration <= closes for opens, closes in ranges):
         step = int(business.slot_step.total_seconds() // 60)
-        raise ToolError("bad_input", f"Appointments start every {step} minutes from opening; pick a time from "
-                                     "check_availability.")
-    raise ToolError("closed", f"On {spoken_date(day, today, relative=False)} we are open {hours}, and a {service.minutes}-minute "
-                              f"{service.name} has to end by closing time.")
+        raise ToolError(
+            "bad_input",
+            f"Appointments start every {step} minutes from opening; pick a time from check_availability.",
+        )
+    raise ToolError(
+        "closed",
+        f"On {spoken_date(day, today, relative=False)} we are open {hours}, and a {service.minutes}-minute "
+        f"{service.name} has to end by closing time.",
+    )
 
 
 def _minutes_of(moment: datetime, business: Business) -> int:

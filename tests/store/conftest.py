@@ -25,7 +25,10 @@ BUSINESS = {
     "slot_step_minutes": 15,
     "capacity": 2,
     "closed": ["2026-12-25"],
-    "hours": {day: ["09:00-12:00", "13:00-17:00"] for day in ("monday", "tuesday", "wednesday", "thursday", "friday")},
+    "hours": {
+        day: ["09:00-12:00", "13:00-17:00"]
+        for day in ("monday", "tuesday", "wednesday", "thursday", "friday")
+    },
     "services": [
         {"name": "Check-up", "duration_minutes": 30},
         {"name": "Filling", "duration_minutes": 60},

@@ -25,8 +25,10 @@ def _bin_dir() -> Path:
         return Path(found).parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if not versions:
-        raise RuntimeError("PostgreSQL binaries not found (no initdb on PATH or under /usr/lib/postgresql/*/bin): "
-                           "apt-get install postgresql, as scripts/test.sh does")
+        raise RuntimeError(
+            "PostgreSQL binaries not found (no initdb on PATH or under /usr/lib/postgresql/*/bin): "
+            "apt-get install postgresql, as scripts/test.sh does"
+        )
     return Path(versions[-1]).parent
 
 
@@ -52,8 +54,14 @@ class Cluster:
 
     def _run(self, *args: str) -> None:
         # cwd: the postgres user may not be allowed into the directory the tests run from.
-        subprocess.run([*self.as_user, str(self.bin_dir / args[0]), *args[1:]], check=True, cwd=self.root,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+        subprocess.run(
+            [*self.as_user, str(self.bin_dir / args[0]), *args[1:]],
+            check=True,
+            cwd=self.root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
 
     @classmethod
     def start(cls) -> Cluster:
@@ -66,12 +74,24 @@ class Cluster:
             as_user = ["runuser", "-u", "postgres", "--"]
         cluster = cls(root, _free_port(), as_user, bin_dir)
         try:
-            cluster._run("initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
-                         "--encoding=UTF8", "--no-sync")
+            cluster._run(
+                "initdb",
+                "-D",
+                str(root / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            )
             # fsync off and no socket outside the temp dir: a cluster that lives for one test run.
-            options = (f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-            cluster._run("pg_ctl", "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "start")
+            options = (
+                f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            cluster._run(
+                "pg_ctl", "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "start"
+            )
         except subprocess.CalledProcessError as error:
             log = (root / "log").read_text() if (root / "log").exists() else ""
             shutil.rmtree(root, ignore_errors=True)

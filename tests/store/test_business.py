@@ -105,8 +105,10 @@ def test_free_starts_respect_capacity_over_durations(business: Business) -> None
         ({"capacity": 0}, "capacity: must be a whole number of at least 1"),
         ({"services": []}, "services: list at least one service"),
         ({"services": [{"name": "X"}]}, "services[0].duration_minutes: must be a whole number"),
-        ({"services": [{"name": "X", "duration_minutes": 10}, {"name": "x", "duration_minutes": 5}]},
-         "two services share a name"),
+        (
+            {"services": [{"name": "X", "duration_minutes": 10}, {"name": "x", "duration_minutes": 5}]},
+            "two services share a name",
+        ),
         ({"name": ""}, "name: required text"),
     ],
 )

@@ -23,19 +23,27 @@ RACERS = 50
 REPLICAS = 5
 
 
-async def test_fifty_callers_racing_for_the_last_place_get_one_booking(business: Business, database_url: str) -> None:
+async def test_fifty_callers_racing_for_the_last_place_get_one_booking(
+    business: Business, database_url: str
+) -> None:
     filling = business.service("filling")
     assert filling is not None and business.capacity == 2
     desks = [Desk(business, make_engine(database_url)) for _ in range(REPLICAS)]
     try:
         await migrate.upgrade(desks[0].engine)
-        await desks[0].book(filling, TUESDAY_9, customer_name="First", phone="", notes="", call_sid="", now=NOW)
+        await desks[0].book(
+            filling, TUESDAY_9, customer_name="First", phone="", notes="", call_sid="", now=NOW
+        )
         # One place is left for any time from 9:00 to 10:00. The racers ask for 9:00, 9:15, 9:30
         # and 9:45: different starts, but every one of them overlaps 9:45-10:00, so one of them at most.
         starts = [TUESDAY_9 + timedelta(minutes=15 * (n % 4)) for n in range(RACERS)]
         results = await asyncio.gather(
-            *(desks[n % REPLICAS].book(filling, start, customer_name=f"Racer {n}", phone="", notes="",
-                                       call_sid="", now=NOW) for n, start in enumerate(starts)),
+            *(
+                desks[n % REPLICAS].book(
+                    filling, start, customer_name=f"Racer {n}", phone="", notes="", call_sid="", now=NOW
+                )
+                for n, start in enumerate(starts)
+            ),
             return_exceptions=True,
         )
         won = [result for result in results if not isinstance(result, BaseException)]
@@ -58,8 +66,15 @@ async def test_fifty_moves_into_the_last_place_move_one(business: Business, data
         book = desks[0].book
         await book(checkup, TUESDAY_9, customer_name="There", phone="", notes="", call_sid="", now=NOW)
         movers = [
-            await book(checkup, TUESDAY_9 + timedelta(hours=4, minutes=15 * n), customer_name=f"Mover {n}",
-                       phone="", notes="", call_sid="", now=NOW)
+            await book(
+                checkup,
+                TUESDAY_9 + timedelta(hours=4, minutes=15 * n),
+                customer_name=f"Mover {n}",
+                phone="",
+                notes="",
+                call_sid="",
+                now=NOW,
+            )
             for n in range(16)
         ]
         # All sixteen afternoon bookings try to move into the one place left at 9:00.

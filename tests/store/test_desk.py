@@ -24,8 +24,15 @@ def service(desk: Desk, name: str) -> Service:
 
 
 async def book(desk: Desk, name: str, start: datetime, phone: str = "+12125550100") -> Appointment:
-    return await desk.book(service(desk, name), start, customer_name="Ada Lovelace", phone=phone, notes="",
-                           call_sid="CA1", now=NOW)
+    return await desk.book(
+        service(desk, name),
+        start,
+        customer_name="Ada Lovelace",
+        phone=phone,
+        notes="",
+        call_sid="CA1",
+        now=NOW,
+    )
 
 
 async def test_a_booking_is_stored_in_utc_and_read_back_by_reference(desk: Desk) -> None:
@@ -100,7 +107,9 @@ async def test_another_business_in_the_same_database_is_invisible(desk: Desk) ->
     other = Desk(replace(desk.business, key="other-clinic"), desk.engine)
     assert await other.get(made.reference) is None
     assert await other.busy(TUESDAY_9, TUESDAY_9 + timedelta(hours=1)) == []
-    await other.book(service(desk, "filling"), TUESDAY_9, customer_name="B", phone="", notes="", call_sid="",
-                     now=NOW)
-    await other.book(service(desk, "filling"), TUESDAY_9, customer_name="C", phone="", notes="", call_sid="",
-                     now=NOW)
+    await other.book(
+        service(desk, "filling"), TUESDAY_9, customer_name="B", phone="", notes="", call_sid="", now=NOW
+    )
+    await other.book(
+        service(desk, "filling"), TUESDAY_9, customer_name="C", phone="", notes="", call_sid="", now=NOW
+    )

@@ -29,7 +29,9 @@ async def test_a_fresh_database_is_upgraded_to_the_head(database_url: str) -> No
 
 
 async def test_open_desk_makes_a_new_sqlite_file_ready(tmp_path: Path) -> None:
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/new/dir/phonebot.db", business_file=DEFAULT_BUSINESS_FILE)
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/new/dir/phonebot.db", business_file=DEFAULT_BUSINESS_FILE
+    )
     async with await open_desk(settings) as desk:
         assert desk.business.name == "Riverside Dental Practice"
         assert await migrate.current(desk.engine) == migrate.head()
@@ -47,7 +49,9 @@ async def test_open_desk_asks_for_db_upgrade_on_an_unmigrated_postgres(postgres_
     await desk.close()
 
 
-def test_db_upgrade_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_db_upgrade_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", "sqlite:///./phonebot.db")
     assert cli.main(["db", "upgrade"]) == 0

@@ -51,7 +51,9 @@ duration_minutes = 60
 async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
     business_file = tmp_path / "business.toml"
     business_file.write_text(BUSINESS_TOML)
-    settings = Settings(business_file=business_file, database_url=f"sqlite+aiosqlite:///{tmp_path / 'phonebot.db'}")
+    settings = Settings(
+        business_file=business_file, database_url=f"sqlite+aiosqlite:///{tmp_path / 'phonebot.db'}"
+    )
     async with await open_desk(settings) as opened:
         yield opened
 

@@ -32,7 +32,9 @@ async def test_today_offers_times_after_now_spread_over_the_day(ctx: ToolContext
         ("morning", ["09:00", "09:30", "10:15", "11:00", "11:30"]),
     ],
 )
-async def test_a_time_preference_narrows_the_offer(ctx: ToolContext, preference: str, times: list[str]) -> None:
+async def test_a_time_preference_narrows_the_offer(
+    ctx: ToolContext, preference: str, times: list[str]
+) -> None:
     result = await check_availability(ctx, "check-up", "2026-12-01", time_preference=preference)
     assert result["days"][0]["times"] == times
 
@@ -69,17 +71,32 @@ async def test_full_times_are_not_offered(ctx: ToolContext) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        ({"service": "root canal", "date_from": "2026-12-01"}, "unknown_service",
-         "We do not offer 'root canal'. The services are: Check-up (30 minutes), Cleaning (45 minutes), "
-         "Filling (60 minutes)."),
-        ({"service": "exam", "date_from": "next tuesday"}, "bad_input",
-         "date_from must be an ISO date like 2026-11-30 (got 'next tuesday')."),
-        ({"service": "exam", "date_from": "2026-12-03", "date_to": "2026-12-01"}, "bad_input",
-         "date_to is before date_from; pass the earlier date first."),
-        ({"service": "exam", "date_from": "2026-11-01", "date_to": "2026-11-29"}, "in_past",
-         "Those dates have passed; today is Monday the 30th of November."),
-        ({"service": "exam", "date_from": "2026-12-01", "time_preference": "lunchtime"}, "bad_input",
-         "time_preference must be morning, afternoon, evening, or a time like 14:30 (got 'lunchtime')."),
+        (
+            {"service": "root canal", "date_from": "2026-12-01"},
+            "unknown_service",
+            "We do not offer 'root canal'. The services are: Check-up (30 minutes), Cleaning (45 minutes), "
+            "Filling (60 minutes).",
+        ),
+        (
+            {"service": "exam", "date_from": "next tuesday"},
+            "bad_input",
+            "date_from must be an ISO date like 2026-11-30 (got 'next tuesday').",
+        ),
+        (
+            {"service": "exam", "date_from": "2026-12-03", "date_to": "2026-12-01"},
+            "bad_input",
+            "date_to is before date_from; pass the earlier date first.",
+        ),
+        (
+            {"service": "exam", "date_from": "2026-11-01", "date_to": "2026-11-29"},
+            "in_past",
+            "Those dates have passed; today is Monday the 30th of November.",
+        ),
+        (
+            {"service": "exam", "date_from": "2026-12-01", "time_preference": "lunchtime"},
+            "bad_input",
+            "time_preference must be morning, afternoon, evening, or a time like 14:30 (got 'lunchtime').",
+        ),
     ],
 )
 async def test_what_cannot_be_answered_is_explained(
@@ -114,5 +131,10 @@ def test_spoken_dates(day: date, said: str) -> None:
 
 def test_spoken_times() -> None:
     assert [spoken_time(m) for m in (0, 9 * 60, 9 * 60 + 30, 12 * 60, 12 * 60 + 15, 17 * 60 + 45)] == [
-        "midnight", "9 am", "9:30 am", "noon", "12:15 pm", "5:45 pm",
+        "midnight",
+        "9 am",
+        "9:30 am",
+        "noon",
+        "12:15 pm",
+        "5:45 pm",
     ]

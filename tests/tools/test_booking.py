@@ -29,22 +29,33 @@ async def code_of(call: Any) -> tuple[str, str]:
 
 
 async def test_a_booking_has_a_reference_easy_to_say(ctx: ToolContext) -> None:
-    result = await book_appointment(ctx, "Filling", "2026-12-01", "14:30", " Ada Lovelace ", notes="first visit")
+    result = await book_appointment(
+        ctx, "Filling", "2026-12-01", "14:30", " Ada Lovelace ", notes="first visit"
+    )
     reference = result.pop("reference")
     assert len(reference) == 6 and set(reference) <= set(ALPHABET)
     assert not set(reference) & set("0O1IL")
     assert result.pop("spoken_reference") == f"{' '.join(reference[:3])}, {' '.join(reference[3:])}"
     assert result == {
-        "booked": True, "status": "booked", "service": "Filling", "date": "2026-12-01", "time": "14:30",
-        "spoken_date": "tomorrow, Tuesday the 1st of December", "spoken_time": "2:30 pm",
-        "duration_minutes": 60, "customer_name": "Ada Lovelace", "phone": CALLER,
+        "booked": True,
+        "status": "booked",
+        "service": "Filling",
+        "date": "2026-12-01",
+        "time": "14:30",
+        "spoken_date": "tomorrow, Tuesday the 1st of December",
+        "spoken_time": "2:30 pm",
+        "duration_minutes": 60,
+        "customer_name": "Ada Lovelace",
+        "phone": CALLER,
     }
     stored = await ctx.bookings.get(reference)
     assert stored.notes == "first visit" and stored.call_sid == "CA0001"
 
 
 async def test_references_differ(ctx: ToolContext) -> None:
-    made = [await book_appointment(ctx, "exam", "2026-12-02", f"{9 + n // 2}:00", f"Caller {n}") for n in range(8)]
+    made = [
+        await book_appointment(ctx, "exam", "2026-12-02", f"{9 + n // 2}:00", f"Caller {n}") for n in range(8)
+    ]
     assert len({result["reference"] for result in made}) == 8
 
 
@@ -56,21 +67,46 @@ async def test_a_phone_given_is_kept_over_the_callers(ctx: ToolContext) -> None:
 @pytest.mark.parametrize(
     ("date", "time", "code", "message"),
     [
-        ("2026-12-06", "10:00", "closed",
-         "We are closed on Sunday the 6th of December. We are open on Monday, Tuesday, Wednesday, Thursday, "
-         "Friday, Saturday."),
-        ("2026-12-25", "10:00", "closed",
-         "We are closed on Friday the 25th of December. We are open on Monday, Tuesday, Wednesday, Thursday, "
-         "Friday, Saturday."),
-        ("2026-12-01", "12:15", "closed",
-         "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
-         "Filling has to end by closing time."),
-        ("2026-12-01", "11:30", "closed",  # would run into the lunch closure
-         "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
-         "Filling has to end by closing time."),
-        ("2026-11-30", "09:30", "in_past", "That time has passed: it is now 10:07 am on Monday the 30th of November."),
-        ("2026-12-01", "09:10", "bad_input",
-         "Appointments start every 15 minutes from opening; pick a time from check_availability."),
+        (
+            "2026-12-06",
+            "10:00",
+            "closed",
+            "We are closed on Sunday the 6th of December. "
+            "We are open on Monday, Tuesday, Wednesday, Thursday, Friday, Saturday.",
+        ),
+        (
+            "2026-12-25",
+            "10:00",
+            "closed",
+            "We are closed on Friday the 25th of December. "
+            "We are open on Monday, Tuesday, Wednesday, Thursday, Friday, Saturday.",
+        ),
+        (
+            "2026-12-01",
+            "12:15",
+            "closed",
+            "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
+            "Filling has to end by closing time.",
+        ),
+        (
+            "2026-12-01",
+            "11:30",
+            "closed",  # would run into the lunch closure
+            "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
+            "Filling has to end by closing time.",
+        ),
+        (
+            "2026-11-30",
+            "09:30",
+            "in_past",
+            "That time has passed: it is now 10:07 am on Monday the 30th of November.",
+        ),
+        (
+            "2026-12-01",
+            "09:10",
+            "bad_input",
+            "Appointments start every 15 minutes from opening; pick a time from check_availability.",
+        ),
         ("2026-12-01", "25:00", "bad_input", "time must be a local time like 14:30 (got '25:00')."),
         ("2026-12-01", "13:00 pm", "bad_input", "time must be a local time like 14:30 (got '13:00 pm')."),
         ("01/12/2026", "10:00", "bad_input", "date must be an ISO date like 2026-11-30 (got '01/12/2026')."),
@@ -84,17 +120,26 @@ async def test_a_time_that_cannot_be_booked_is_explained(
 
 async def test_other_booking_errors(ctx: ToolContext) -> None:
     code, message = await code_of(book_appointment(ctx, "whitening", "2026-12-01", "10:00", "Ada"))
-    assert code == "unknown_service" and "Check-up (30 minutes), Cleaning (45 minutes), Filling (60 minutes)" in message
+    assert (
+        code == "unknown_service"
+        and "Check-up (30 minutes), Cleaning (45 minutes), Filling (60 minutes)" in message
+    )
     assert await code_of(book_appointment(ctx, "exam", "2026-12-01", "10:00", "  ")) == (
-        "bad_input", "Ask for the caller's name before booking.")
-    assert (await code_of(book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada", phone="555")))[0] == "bad_input"
+        "bad_input",
+        "Ask for the caller's name before booking.",
+    )
+    assert (await code_of(book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada", phone="555")))[
+        0
+    ] == "bad_input"
 
 
 async def test_the_last_place_goes_once_and_the_next_caller_hears_alternatives(ctx: ToolContext) -> None:
     await book_appointment(ctx, "filling", "2026-12-01", "10:00", "Ada")
     await book_appointment(ctx, "check-up", "2026-12-01", "10:30", "Grace")
     assert await code_of(book_appointment(ctx, "cleaning", "2026-12-01", "10:15", "Alan")) == (
-        "taken", "10:15 am is no longer free. The nearest free times that day: 9:30 am, 9:45 am, 11 am.")
+        "taken",
+        "10:15 am is no longer free. The nearest free times that day: 9:30 am, 9:45 am, 11 am.",
+    )
 
 
 async def test_find_by_reference_ignores_case_spaces_and_dashes(ctx: ToolContext) -> None:
@@ -113,7 +158,10 @@ async def test_find_by_phone_lists_the_callers_upcoming_bookings(
     await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada")
     await book_appointment(make_ctx(caller="+16465550199"), "exam", "2026-12-01", "11:00", "Grace")
     mine = await find_booking(ctx)
-    assert [(b["date"], b["time"]) for b in mine["bookings"]] == [("2026-12-01", "10:00"), ("2026-12-02", "10:00")]
+    assert [(b["date"], b["time"]) for b in mine["bookings"]] == [
+        ("2026-12-01", "10:00"),
+        ("2026-12-02", "10:00"),
+    ]
     theirs = await find_booking(ctx, phone="646-555-0199")
     assert [b["customer_name"] for b in theirs["bookings"]] == ["Grace"]
     later = make_ctx(now=NOW + timedelta(days=2))
@@ -167,8 +215,11 @@ async def test_reschedule_errors(ctx: ToolContext, make_ctx: Callable[..., ToolC
     assert (await code_of(reschedule_booking(ctx, reference, "2026-12-06", "10:00")))[0] == "closed"
     assert (await code_of(reschedule_booking(ctx, reference, "2026-11-30", "09:00")))[0] == "in_past"
     assert (await code_of(reschedule_booking(ctx, reference, "2026-12-02", "10:05")))[0] == "bad_input"
-    assert (await code_of(reschedule_booking(make_ctx(now=NOW + timedelta(days=1)), reference, "2026-12-02",
-                                             "10:00")))[0] == "in_past"
+    assert (
+        await code_of(
+            reschedule_booking(make_ctx(now=NOW + timedelta(days=1)), reference, "2026-12-02", "10:00")
+        )
+    )[0] == "in_past"
     await cancel_booking(ctx, reference)
     assert (await code_of(reschedule_booking(ctx, reference, "2026-12-02", "10:00")))[0] == "not_found"
 
@@ -179,7 +230,11 @@ async def test_without_a_desk_the_tools_say_booking_is_unavailable(ctx: ToolCont
 
 def test_every_tool_declares_itself_to_the_model() -> None:
     assert [tool.__name__ for tool in BOOKING_TOOLS] == [
-        "check_availability", "book_appointment", "find_booking", "cancel_booking", "reschedule_booking",
+        "check_availability",
+        "book_appointment",
+        "find_booking",
+        "cancel_booking",
+        "reschedule_booking",
     ]
     for tool in BOOKING_TOOLS:
         spec = ToolSpec.of(tool)
@@ -189,9 +244,11 @@ def test_every_tool_declares_itself_to_the_model() -> None:
 
 async def test_errors_reach_the_model_as_results_through_the_runtime(ctx: ToolContext) -> None:
     spec = ToolSpec.of(book_appointment)
-    result, ok = await spec.invoke(ctx, {"service": "exam", "date": "2026-12-06", "time": "10:00",
-                                         "customer_name": "Ada"})
+    result, ok = await spec.invoke(
+        ctx, {"service": "exam", "date": "2026-12-06", "time": "10:00", "customer_name": "Ada"}
+    )
     assert not ok and result["error"]["code"] == "closed"
-    result, ok = await spec.invoke(ctx, {"service": "exam", "date": "2026-12-01", "time": "10:00",
-                                         "customer_name": "Ada"})
+    result, ok = await spec.invoke(
+        ctx, {"service": "exam", "date": "2026-12-01", "time": "10:00", "customer_name": "Ada"}
+    )
     assert ok and result["booked"] is True

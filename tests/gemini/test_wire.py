@@ -1,0 +1,86 @@
+"""The hot path writes and reads Gemini Live's JSON itself: check it against google-genai's own."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from google import genai
+from google.genai import live, types
+
+from phonebot.call.ports import (
+    BotAudio,
+    BotInterrupted,
+    BotTurnComplete,
+    Checkpoint,
+    GoingAway,
+    ToolCall,
+    ToolCallCancelled,
+    Transcript,
+)
+from phonebot.gemini import wire
+
+
+class _Socket:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(text)
+
+
+async def test_audio_message_is_byte_for_byte_what_the_sdk_sends() -> None:
+    socket = _Socket()
+    session = live.AsyncSession(api_client=genai.Client(api_key="x")._api_client, websocket=socket)
+    pcm = bytes(range(256)) * 3  # every byte value, so both base64 alphabets would show
+    await session.send_realtime_input(audio=types.Blob(data=pcm, mime_type="audio/pcm;rate=16000"))
+    assert wire.audio_message(pcm) == socket.sent[0]
+
+
+def _sdk_reading(message: dict[str, Any]) -> types.LiveServerMessage:
+    from google.genai import _live_converters
+
+    return types.LiveServerMessage._from_response(
+        response=_live_converters._LiveServerMessage_from_mldev(message), kwargs={}
+    )
+
+
+def test_server_messages_read_as_the_sdk_reads_them() -> None:
+    pcm = bytes(range(256))
+    message = {
+        "serverContent": {
+            "interrupted": True,
+            "inputTranscription": {"text": "hello"},
+            "modelTurn": {"parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(pcm).decode()}}]},
+            "outputTranscription": {"text": "hi there"},
+            "turnComplete": True,
+        },
+        "toolCall": {"functionCalls": [{"id": "c1", "name": "lookup", "args": {"name": "Ada"}}]},
+        "toolCallCancellation": {"ids": ["c0"]},
+        "sessionResumptionUpdate": {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": "41"},
+        "goAway": {"timeLeft": "9.5s"},
+    }
+    sdk = _sdk_reading(message)
+    assert sdk.server_content.model_turn.parts[0].inline_data.data == pcm
+    assert sdk.session_resumption_update.last_consumed_client_message_index == 41
+    assert wire.parse(json.dumps(message)) == [
+        BotInterrupted(),
+        Transcript("caller", "hello"),
+        BotAudio(pcm),
+        Transcript("bot", "hi there"),
+        BotTurnComplete(),
+        ToolCall("c1", "lookup", {"name": "Ada"}),
+        ToolCallCancelled(("c0",)),
+        Checkpoint("h1", True, 41),
+        GoingAway(9.5),
+    ]
+
+
+def test_url_safe_audio_and_unknown_fields() -> None:
+    pcm = bytes([251, 255, 190] * 10)
+    data = base64.urlsafe_b64encode(pcm).decode().rstrip("=")
+    raw = json.dumps({"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": data}}]}}, "usageMetadata": {}})
+    assert wire.parse(raw) == [BotAudio(pcm)]
+    assert wire.parse('{"setupComplete": {}}') == []
+    assert wire.parse('{"sessionResumptionUpdate": {"resumable": false}}') == [Checkpoint("", False, None)]
