@@ -71,8 +71,9 @@ class Business:
         """The service a caller means, by name or alias, ignoring case, spaces and punctuation."""
         return next((service for service in self.services if service.answers_to(said)), None)
 
-    def today(self, now: datetime) -> date:
-        return now.astimezone(self.timezone).date()
+    def local_date(self, moment: datetime) -> date:
+        """The business's calendar date at `moment` (today's date, given now)."""
+        return moment.astimezone(self.timezone).date()
 
     def local(self, day: date, minutes: int) -> datetime | None:
         """The aware local time `minutes` after midnight on `day`; None if that wall time does not

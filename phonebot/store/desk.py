@@ -203,7 +203,7 @@ class Desk:
     def _lock(self, start: datetime) -> str:
         # Bookings never cross midnight (they fit inside one day's opening hours), so the
         # business's local day is the unit of contention.
-        return f"{self.business.key}/{self.business.today(start).isoformat()}"
+        return f"{self.business.key}/{self.business.local_date(start).isoformat()}"
 
     def _booked(self, reference: str) -> tuple[Any, ...]:
         return (

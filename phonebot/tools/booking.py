@@ -50,7 +50,7 @@ async def check_availability(
     desk = _desk(ctx)
     business, now = desk.business, ctx.now()
     wanted = _service(business, service)
-    today = business.today(now)
+    today = business.local_date(now)
     first = _day(date_from, today, "date_from")
     last = _day(date_to, today, "date_to") if date_to else first
     if last < first:
@@ -116,7 +116,7 @@ async def book_appointment(
     desk = _desk(ctx)
     business, now = desk.business, ctx.now()
     wanted = _service(business, service)
-    day = _day(date, business.today(now), "date")
+    day = _day(date, business.local_date(now), "date")
     start = _place(business, wanted, day, _clock(time), now)
     name = customer_name.strip()
     if not name:
@@ -216,7 +216,7 @@ async def reschedule_booking(ctx: ToolContext, reference: str, date: str, time: 
         )
     # The booking keeps the length it was made with, even if the service has changed since.
     kept = Service(found.service, found.ends_at - found.starts_at)
-    start = _place(business, kept, _day(date, business.today(now), "date"), _clock(time), now)
+    start = _place(business, kept, _day(date, business.local_date(now), "date"), _clock(time), now)
     try:
         moved = await desk.move(found.reference, start, now)
     except UnknownBooking:
@@ -242,7 +242,7 @@ def describe(appointment: Appointment, business: Business, now: datetime) -> dic
         "service": appointment.service,
         "date": start.date().isoformat(),
         "time": f"{start:%H:%M}",
-        "spoken_date": spoken_date(start.date(), business.today(now)),
+        "spoken_date": spoken_date(start.date(), business.local_date(now)),
         "spoken_time": spoken_time(minutes),
         "duration_minutes": int((appointment.ends_at - appointment.starts_at).total_seconds() // 60),
         "customer_name": appointment.customer_name,
@@ -299,10 +299,14 @@ async def _free_days(
         datetime.combine(first, datetime.min.time(), business.timezone),
         datetime.combine(last + timedelta(days=1), datetime.min.time(), business.timezone),
     )
-    busy = await desk.busy(*bounds)
+    # One query for the whole range, then each day checked against its own bookings only
+    # (a booking never crosses midnight), so a busy month stays quick to scan.
+    by_day: dict[date, list[tuple[datetime, datetime]]] = {}
+    for held in await desk.busy(*bounds):
+        by_day.setdefault(business.local_date(held[0]), []).append(held)
     days = []
     for day in _dates(first, last):
-        free = [start for start in business.free_starts(day, service, busy) if start > now]
+        free = [start for start in business.free_starts(day, service, by_day.get(day, [])) if start > now]
         chosen = _choose(free, prefer)
         if chosen:
             days.append((day, chosen))
@@ -332,7 +336,7 @@ async def _taken(desk: Desk, service: Service, start: datetime, now: datetime) -
     """`taken`, with the three free times nearest to the one asked for, so the bot can offer them."""
     business = desk.business
     wanted = _minutes_of(start, business)
-    free = await _free_days(desk, service, business.today(start), business.today(start), now, wanted)
+    free = await _free_days(desk, service, business.local_date(start), business.local_date(start), now, wanted)
     nearest = (
         sorted(free[0][1], key=lambda s: (abs(_minutes_of(s, business) - wanted), s))[:3] if free else []
     )
@@ -418,7 +422,7 @@ def _place(business: Business, service: Service, day: date, minutes: int, now: d
         raise ToolError(
             "bad_input", f"{spoken_time(minutes)} does not exist on that day (the clocks change)."
         )
-    today = business.today(now)
+    today = business.local_date(now)
     if start <= now:
         raise ToolError(
             "in_past",
