@@ -1,0 +1,144 @@
+"""The service under test as a subprocess, and what /proc says about a process.
+
+`Service` starts `python -m phonebot serve` on 127.0.0.1 (one uvicorn worker) with the bench's
+settings, in a scratch working directory so that no `.env` or database of the checkout is used,
+and stops it again. `ProcStats` reads CPU time and RSS of any pid from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The cores this process may use, as it started (before it pins itself anywhere).
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+class ProcStats:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu_s(self) -> float:
+        """utime + stime of all the process's threads, in seconds."""
+        with open(f"/proc/{self.pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Per core: (busy, steal) clock ticks since boot, from /proc/stat (busy includes steal)."""
+    ticks = {}
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"cpu") and line[3:4].isdigit():
+                name, *values = line.split()
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, values[:8])
+                ticks[int(name[3:])] = (user + nice + system + irq + softirq + steal, steal)
+    return ticks
+
+
+def pin(pid: int, cores: set[int]) -> str | None:
+    """Pin pid (0: this process) to cores; None if this machine or OS does not allow it."""
+    if len(CORES) < 2 or not cores <= set(CORES):
+        return None
+    try:
+        os.sched_setaffinity(pid, cores)
+    except OSError:
+        return None
+    return ",".join(map(str, sorted(cores)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(model_url: str, ca_file: str | Path, auth_token: str, account_sid: str) -> dict[str, str]:
+    """What the service needs to take the bench's calls and reach the fake model."""
+    return {
+        "PHONEBOT_PUBLIC_URL": "https://bench.invalid",
+        "TWILIO_AUTH_TOKEN": auth_token,
+        "TWILIO_ACCOUNT_SID": account_sid,
+        "GOOGLE_API_KEY": "bench-api-key",
+        "GOOGLE_GEMINI_BASE_URL": model_url,
+        "SSL_CERT_FILE": str(ca_file),
+        "LOG_LEVEL": "warning",
+    }
+
+
+async def http_ok(host: str, port: int, path: str, timeout: float = 1.0) -> bool:
+    """Whether GET path answers 200."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+            status = await reader.readline()
+            writer.close()
+            return b" 200 " in status
+    except (OSError, TimeoutError):
+        return False
+
+
+class Service:
+    """`python -m phonebot serve` on 127.0.0.1:port."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, core: int | None) -> None:
+        self.port = free_port()
+        self.pinned: str | None = None
+        self._log = open(workdir / f"service-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
+        base = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "DATABASE_URL")}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "phonebot", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**base, **env},
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if core is not None:
+            # Before the interpreter has started any thread, so every later thread inherits it.
+            self.pinned = pin(self._proc.pid, {core})
+        self.stats = ProcStats(self._proc.pid)
+        self.log_path = Path(self._log.name)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"service exited ({self._proc.returncode}); see {self.log_path}")
+            if await http_ok("127.0.0.1", self.port, "/healthz"):
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"service not ready after {timeout}s; see {self.log_path}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGINT (uvicorn's graceful stop), then SIGKILL if it has not exited in time."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + timeout
+            while self._proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self._proc.poll() is None:
+                self._proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(5)
+        self._log.close()
