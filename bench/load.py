@@ -35,7 +35,7 @@ from bench import profile
 from bench.callers import FRAME_S, Caller, signature
 from bench.fake_model import FakeModel, Script, make_tls
 from bench.figures import DOWN, MODEL_BLOCK, step_figures, summary
-from bench.service import CLK_TCK, CORES, ProcStats, Service, core_ticks, pin, service_env
+from bench.service import CLK_TCK, CORES, Neighbours, ProcStats, Service, core_ticks, pin, service_env
 
 DEFAULT_STEPS = [10, 50, 100, 200, 400, 800, 1600, 3200]
 P99_LIMIT_MS = 20.0
@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy the service during each measured window")
     parser.add_argument("--quiet", type=float, default=30.0,
                         help="before each step, wait up to this long for other processes to go quiet (default 30 s)")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="run a failed step again (at most this often) if other programs disturbed it")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--out", type=Path, help="JSON file to write (default: bench/results/load-<time>.json)")
     args = parser.parse_args(argv)
@@ -138,9 +140,9 @@ class Step:
     """One step: N callers against one service, and the figures they give."""
 
     def __init__(self, n: int, args: argparse.Namespace, model: FakeModel, host: str, port: int,
-                 stats: ProcStats | None, workdir: Path) -> None:
+                 stats: ProcStats | None, workdir: Path, service_core: int | None = None) -> None:
         self.n, self.args, self.model, self.host, self.port = n, args, model, host, port
-        self.stats, self.workdir = stats, workdir
+        self.stats, self.workdir, self.service_core = stats, workdir, service_core
         self.signature = signature(AUTH_TOKEN)
         self.me = ProcStats(os.getpid())
 
@@ -173,16 +175,18 @@ class Step:
 
         window = (time.monotonic() + SETTLE_S, time.monotonic() + SETTLE_S + self.args.seconds)
         await _sleep_until(window[0])
-        cpu0, me0, ticks0 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s(), core_ticks()
-        lag = LoopLag()
+        cpu0, me0 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s()
+        lag, neighbours = LoopLag(), Neighbours(self.stats, self.me, self.service_core)
         lag.start()
+        neighbours.start()
         spy, spy_out = None, self.workdir / f"profile-{self.n}.txt"
         if self.args.profile and self.stats:
             spy = await profile.record(self.stats.pid, self.args.seconds, spy_out)
         await _sleep_until(window[1])
-        cpu1, me1, ticks1 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s(), core_ticks()
+        cpu1, me1 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s()
         rss1 = self.stats.rss_bytes() if self.stats else None
         lag.stop()
+        machine_load = await neighbours.stop(window[1] - window[0])
 
         # The end: no new audio either way, then wait (bounded) for what is in flight to arrive.
         self.model.frozen = True
@@ -198,7 +202,7 @@ class Step:
         result["service_rss"] = _rss(rss0, rss1, self.n)
         result["loadgen_cpu_pct"] = round(100 * (me1 - me0) / seconds, 1)
         result["loadgen_loop_lag_ms"] = summary(lag.lags)
-        result["machine_load"] = _machine_load(ticks0, ticks1, seconds, (cpu1 or 0) - (cpu0 or 0) + me1 - me0)
+        result["machine_load"] = machine_load
         if spy is not None:
             await asyncio.wait_for(spy.wait(), 30)
             result["profile"] = profile.summarize(spy_out) if spy_out.is_file() else None
@@ -235,15 +239,6 @@ def _cpu(cpu0: float | None, cpu1: float | None, seconds: float, n: int) -> dict
         "ms_per_call_second": round(10 * per_call, 3),
         "calls_per_core": round(100 / per_call) if per_call > 0 else None,  # linear extrapolation
     }
-
-
-def _machine_load(ticks0: dict, ticks1: dict, seconds: float, ours_s: float) -> dict:
-    """CPU used on this machine by anything but the service and this process (other work, py-spy),
-    and time the hypervisor stole, in % of one core. Either distorts the figures."""
-    busy = sum(ticks1[c][0] - ticks0[c][0] for c in ticks1 if c in ticks0) / CLK_TCK
-    steal = sum(ticks1[c][1] - ticks0[c][1] for c in ticks1 if c in ticks0) / CLK_TCK
-    return {"other_cpu_pct": round(max(0.0, 100 * (busy - ours_s) / seconds), 1),
-            "steal_pct": round(100 * steal / seconds, 1)}
 
 
 def _rss(rss0: int | None, rss1: int | None, n: int) -> dict:
@@ -293,12 +288,22 @@ def row(step: dict) -> str:
     )
 
 
+def disturbed(step: dict) -> bool:
+    """Whether other programs on this machine competed with the service enough to matter."""
+    load = step["machine_load"]
+    worst = load["service_core_other_max_pct"]
+    return load["other_cpu_pct"] > 10 or load["steal_pct"] > 2 or (worst is not None and worst >= 25)
+
+
 def warnings(step: dict) -> list[str]:
     """What makes this step's figures less trustworthy than they look."""
     found = []
-    other, steal = step["machine_load"]["other_cpu_pct"], step["machine_load"]["steal_pct"]
-    if other > 10 or steal > 2:
-        found.append(f"other processes used {other}% of a core (steal {steal}%) during the window")
+    if disturbed(step):
+        load = step["machine_load"]
+        worst = load["service_core_other_max_pct"]
+        found.append(f"other processes used {load['other_cpu_pct']}% of a core on average"
+                     + ("" if worst is None else f", up to {worst}% of the service's core in 200 ms")
+                     + f"; steal {load['steal_pct']}%")
     lag = step["loadgen_loop_lag_ms"]["p99"]
     if lag is not None and lag > 5:
         found.append(f"the load generator's loop ran up to {lag} ms late (p99): its timestamps are that coarse")
@@ -309,8 +314,11 @@ def print_profile(step: dict) -> None:
     found = step.get("profile")
     if not found:
         return
-    print(f"  profile of the service at {step['calls']} calls ({found['samples']} busy samples), self time:")
-    for name, pct in found["self_pct"][:12]:
+    print(f"  profile of the service at {step['calls']} calls ({found['samples']} busy samples); doing what:")
+    for name, pct in found["where_pct"]:
+        print(f"    {pct:5.1f}%  {name}")
+    print("  functions, self time:")
+    for name, pct in found["self_pct"][:10]:
         print(f"    {pct:5.1f}%  {name}")
     print("  by package (self): " + ", ".join(f"{name} {pct}%" for name, pct in found["package_self_pct"][:10]))
 
@@ -360,7 +368,15 @@ async def bench(args: argparse.Namespace) -> int:
         for n in args.steps:
             if args.quiet > 0 and (busy := await wait_for_quiet(args.quiet)) is not None:
                 print(f"  note: the machine is busy with other work ({busy:.0f}% of a core); measuring anyway")
-            step = await run_step(n, args, model, env, workdir, pinned is not None)
+            for attempt in range(1 + max(0, args.retries)):
+                step = await run_step(n, args, model, env, workdir, pinned is not None)
+                step["attempt"] = attempt + 1
+                if not (step["stop_reasons"] and disturbed(step)) or attempt == args.retries:
+                    break
+                print(row(step), flush=True)
+                print(f"  note: {'; '.join(warnings(step))}; running {n} calls again")
+                if args.quiet > 0:
+                    await wait_for_quiet(args.quiet)
             steps.append(step)
             print(row(step), flush=True)
             for warning in warnings(step):
@@ -403,7 +419,8 @@ async def run_step(n: int, args: argparse.Namespace, model: FakeModel, env: dict
     service = Service(env, workdir, CORES[0] if pin_service else None)
     try:
         await service.ready()
-        return await Step(n, args, model, "127.0.0.1", service.port, service.stats, workdir).run()
+        core = CORES[0] if service.pinned else None
+        return await Step(n, args, model, "127.0.0.1", service.port, service.stats, workdir, core).run()
     finally:
         await service.stop()
 

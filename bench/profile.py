@@ -21,6 +21,32 @@ _PACKAGES = ("google/genai", "pydantic", "pydantic_core", "websockets", "uvicorn
              "phonebot", "numpy", "asyncio", "uvloop", "json", "ssl", "base64", "typing", "enum", "httptools")
 
 
+# Where a sample's time goes, by the first of these functions found anywhere on its stack (in
+# this order: a codec call inside a pump counts as codec). Samples with none of them are put
+# by their innermost frame: socket reads (frame parsing, TLS) or the event loop itself.
+_BUCKETS = (
+    ("codec: mu-law 8k -> PCM 16k", ("Upsampler8to16.process", "mulaw_to_pcm")),
+    ("codec: PCM 24k -> mu-law 8k", ("Downsampler24to8.process", "pcm_to_mulaw")),
+    ("audio to the model (JSON, websockets, TLS)", ("LiveSession.send_audio", "send_realtime_input")),
+    ("messages from the model (recv, JSON parse)", ("LiveSession.events", "AsyncSession._receive")),
+    ("resumption bookkeeping (outbox, checkpoints)", ("ResilientModel",)),
+    ("Twilio in: receive, JSON, base64", ("_next_message", "TwilioStream.events")),
+    ("Twilio out: media/mark/clear sends", ("TwilioStream.",)),
+    ("call session logic", ("CallSession.", "Playback.")),
+)
+
+
+def _bucket(names: list[str], leaf_file: str) -> str:
+    for label, markers in _BUCKETS:
+        if any(marker in name for name in names for marker in markers):
+            return label
+    if any(part in leaf_file for part in ("uvicorn/", "websockets/", "ssl.py", "starlette/")):
+        return "socket reads and writes outside the pumps (uvicorn, websockets, TLS)"
+    if names[-1] == "Runner.run":
+        return "event loop itself (uvloop C code, syscalls)"
+    return "other"
+
+
 def py_spy() -> str | None:
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return found if Path(found).is_file() else None
@@ -54,10 +80,12 @@ def _package(file: str) -> str:
 
 
 def summarize(collapsed: Path, top: int = 15) -> dict:
-    """Shares (% of sampled busy time) by function, self and inclusive, and by package (self)."""
+    """Shares (% of sampled busy time): by what the service was doing, by function (self and
+    inclusive), and by package of the innermost frame."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    buckets: Counter[str] = Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -75,6 +103,7 @@ def summarize(collapsed: Path, top: int = 15) -> dict:
         name, file = frames[-1]
         own[f"{name} ({file})"] += count
         packages[_package(file)] += count
+        buckets[_bucket([n for n, _ in frames], file)] += count
         for function in {f"{n} ({f})" for n, f in frames}:
             inclusive[function] += count
 
@@ -83,6 +112,7 @@ def summarize(collapsed: Path, top: int = 15) -> dict:
 
     return {
         "samples": total,
+        "where_pct": shares(buckets, len(_BUCKETS) + 3),
         "self_pct": shares(own, top),
         "inclusive_pct": shares(inclusive, top * 3),
         "package_self_pct": shares(packages, top),

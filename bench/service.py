@@ -52,6 +52,58 @@ def core_ticks() -> dict[int, tuple[int, int]]:
     return ticks
 
 
+class Neighbours:
+    """CPU that processes other than the service and the bench use, every 200 ms. Another
+    program that takes the service's core for a moment shows up as latency the service did not
+    cause; this tells such a step apart. Shares are % of one core."""
+
+    def __init__(self, service: ProcStats | None, me: ProcStats, service_core: int | None) -> None:
+        self._service, self._me, self._core = service, me, service_core
+        self._task: asyncio.Task[None] | None = None
+        self.other_pct: list[float] = []  # all cores, per interval
+        self.service_core_other_pct: list[float] = []  # the service's core, per interval (if pinned)
+        self.steal_s = 0.0
+
+    def start(self, period_s: float = 0.2) -> None:
+        self._task = asyncio.create_task(self._run(period_s))
+
+    async def _run(self, period_s: float) -> None:
+        before = self._sample()
+        while True:
+            await asyncio.sleep(period_s)
+            after = self._sample()
+            self._add(before, after)
+            before = after
+
+    def _sample(self) -> tuple[float, dict[int, tuple[int, int]], float, float]:
+        service = self._service.cpu_s() if self._service else 0.0
+        return time.monotonic(), core_ticks(), service, self._me.cpu_s()
+
+    def _add(self, before: tuple, after: tuple) -> None:
+        seconds = after[0] - before[0]
+        ticks0, ticks1 = before[1], after[1]
+        busy = sum(ticks1[c][0] - ticks0[c][0] for c in ticks1 if c in ticks0) / CLK_TCK
+        self.steal_s += sum(ticks1[c][1] - ticks0[c][1] for c in ticks1 if c in ticks0) / CLK_TCK
+        service, me = after[2] - before[2], after[3] - before[3]
+        self.other_pct.append(max(0.0, 100 * (busy - service - me) / seconds))
+        if self._core is not None and self._core in ticks0:
+            core_busy = (ticks1[self._core][0] - ticks0[self._core][0]) / CLK_TCK
+            self.service_core_other_pct.append(max(0.0, 100 * (core_busy - service) / seconds))
+
+    async def stop(self, seconds: float) -> dict:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        mean = sum(self.other_pct) / len(self.other_pct) if self.other_pct else 0.0
+        worst = max(self.service_core_other_pct, default=None)
+        return {
+            "other_cpu_pct": round(mean, 1),
+            "service_core_other_max_pct": None if worst is None else round(worst, 1),
+            "steal_pct": round(100 * self.steal_s / seconds, 1),
+        }
+
+
 def pin(pid: int, cores: set[int]) -> str | None:
     """Pin pid (0: this process) to cores; None if this machine or OS does not allow it."""
     if len(CORES) < 2 or not cores <= set(CORES):
