@@ -10,7 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
 from phonebot import errors
+from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
 from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.call.ports import ModelConnector
@@ -18,10 +22,14 @@ from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.stream import TwilioStream, media_endpoint
+from phonebot.store import Desk, StoreNotReady, open_desk
 from phonebot.tools import control
+from phonebot.tools.booking import BOOKING_TOOLS
 from phonebot.tools.spec import ToolSpec
 from phonebot.telephony.voice import voice_endpoint
 
+
+log = structlog.get_logger(__name__)
 
 # uvicorn options the service needs. No WebSocket pings: Twilio streams a frame every 20 ms,
 # and the stream notices a silent line by itself; a slow pong must never end a call.
@@ -30,18 +38,36 @@ UVICORN_OPTIONS = {"ws_ping_interval": None, "proxy_headers": True, "log_config"
 
 def tool_specs(settings: Settings) -> list[ToolSpec]:
     """The tools the model is given; transfer_call only when there is somewhere to transfer to."""
-    functions = [control.end_call]
+    functions = [*BOOKING_TOOLS, control.end_call]
     if settings.transfer_number:
         functions.append(control.transfer_call)
     return [ToolSpec.of(function) for function in functions]
+
+
+def _business(settings: Settings) -> Business | None:
+    try:
+        return load_business(settings.business_file)
+    except BusinessFileError as error:
+        log.error("booking.unavailable", reason=str(error))
+        return None
+
+
+async def _open_desk(settings: Settings) -> Desk | None:
+    """The booking desk; without one the service still answers calls, and the booking tools say so."""
+    try:
+        return await open_desk(settings)
+    except (StoreNotReady, BusinessFileError, SQLAlchemyError, OSError) as error:
+        log.error("booking.unavailable", reason=str(error))
+        return None
 
 
 def build_app(
     settings: Settings, connector: ModelConnector | None = None, tools: list[ToolSpec] | None = None
 ) -> Starlette:
     tools = tool_specs(settings) if tools is None else tools
+    business = _business(settings)
     calls = Calls(
-        connector or GeminiLive(settings, tools),
+        connector or GeminiLive(settings, tools, business),
         tools,
         transfer_to=settings.transfer_number,
         policy=ReconnectPolicy(outage_audio_s=settings.reconnect_buffer_s),
@@ -60,8 +86,14 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        yield
-        await calls.aclose()
+        desk = await _open_desk(settings) if business is not None else None
+        calls.bookings = desk
+        try:
+            yield
+        finally:
+            await calls.aclose()
+            if desk is not None:
+                await desk.close()
 
     app = Starlette(
         routes=[

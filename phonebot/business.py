@@ -114,6 +114,21 @@ class Business:
                 found.append(start)
         return found
 
+    def brief(self, now: datetime) -> str:
+        """What the bot should know of the business at the start of a call, in plain sentences."""
+        local = now.astimezone(self.timezone)
+        services = ", ".join(f"{s.name} ({s.minutes} minutes)" for s in self.services)
+        days = []
+        for number, name in enumerate(WEEKDAYS):
+            ranges = self.hours.get(number)
+            hours = " and ".join(f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}" for a, b in ranges or ())
+            days.append(f"{name.title()} {hours or 'closed'}")
+        return (
+            f"You answer the phone for {self.name}. There it is now {local:%A %d %B %Y, %H:%M} "
+            f"({self.timezone.key}). Services: {services}. Opening hours: {'; '.join(days)}. "
+            "Use the tools for free times and bookings; never guess them."
+        )
+
     def free_starts(
         self, day: date, service: Service, busy: Sequence[tuple[datetime, datetime]]
     ) -> list[datetime]:

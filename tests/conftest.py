@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ async def gemini(tls: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> Async
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "database_url": f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='phonebot-test-')}/phonebot.db",
         "public_url": PUBLIC_URL,
         "twilio_account_sid": "AC" + "0" * 32,
         "twilio_auth_token": AUTH_TOKEN,

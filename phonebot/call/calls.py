@@ -48,7 +48,7 @@ class Calls:
         self._policy = policy
         self._max_duration_s = max_duration_s
         self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
-        self._bookings = bookings
+        self.bookings = bookings  # the booking desk, once the app has opened it
         self._transfer_to = transfer_to
         self._early: dict[str, _Early] = {}
         self.active: dict[str, CallSession] = {}
@@ -74,7 +74,7 @@ class Calls:
                 await caller.redirect(say=APOLOGY, dial=self._transfer_to)
                 return "model_unreachable"
             session = CallSession(
-                caller, model, self._tools, self._bookings, self._transfer_to, self._max_duration_s
+                caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s
             )
             self.active[info.call_sid] = session
             try:

@@ -62,7 +62,7 @@ class ReconnectPolicy:
     max_delay_s: float = 2.0
     connect_timeout_s: float = 10.0
     outage_audio_s: float = 5.0  # caller audio kept while disconnected
-    replay_audio_s: float = 120.0  # the outbox's bound if no handle comes for that long
+    replay_audio_s: float = 60.0  # the outbox's bound if no handle comes for that long (~2 MB)
     switch_margin_s: float = 1.0  # switch this long before a goAway deadline at the latest
 
 

@@ -15,6 +15,7 @@ from google import genai
 from google.genai import errors, types
 from websockets.exceptions import ConnectionClosed
 
+from phonebot.business import Business
 from phonebot.call.ports import (
     CallInfo,
     HistoryTurn,
@@ -44,9 +45,16 @@ log = structlog.get_logger(__name__)
 class GeminiLive:
     """Opens Live sessions. The SDK reads its key, endpoint and CA bundle from the environment."""
 
-    def __init__(self, settings: Settings, tools: Sequence[ToolSpec] = (), client: genai.Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tools: Sequence[ToolSpec] = (),
+        business: Business | None = None,
+        client: genai.Client | None = None,
+    ) -> None:
         self._settings = settings
         self._tools = tuple(tools)
+        self._business = business
         self._client = client
 
     def client(self) -> genai.Client:
@@ -61,7 +69,9 @@ class GeminiLive:
         self, info: CallInfo, resume: str | None = None, history: Sequence[HistoryTurn] = ()
     ) -> LiveSession:
         client = self.client()
-        config = live_config(self._settings, info, self._tools, resume, bool(history), transparent=client.vertexai)
+        config = live_config(
+            self._settings, info, self._tools, self._business, resume, bool(history), transparent=client.vertexai
+        )
         stack = contextlib.AsyncExitStack()
         try:
             session = await stack.enter_async_context(

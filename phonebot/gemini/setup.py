@@ -7,18 +7,19 @@ from datetime import UTC, datetime
 
 from google.genai import types
 
+from phonebot.business import Business
 from phonebot.call.ports import CallInfo, HistoryTurn
 from phonebot.settings import Settings
 from phonebot.tools.spec import ToolSpec
 
 
-def call_context(info: CallInfo, now: datetime) -> str:
+def call_context(info: CallInfo, now: datetime, business: Business | None) -> str:
     party = "from" if info.direction == "inbound" else "to"
     number = info.caller_number or "an unknown number"
-    return (
-        f"\n\nThis call: an {info.direction} phone call {party} {number}. "
-        f"It is now {now:%A %d %B %Y, %H:%M} UTC."
-    )
+    context = f"\n\nThis call: an {info.direction} phone call {party} {number}."
+    if business is None:
+        return context + f" It is now {now:%A %d %B %Y, %H:%M} UTC."
+    return context + "\n" + business.brief(now)
 
 
 def declaration(spec: ToolSpec) -> types.FunctionDeclaration:
@@ -42,6 +43,7 @@ def live_config(
     settings: Settings,
     info: CallInfo,
     tools: Sequence[ToolSpec] = (),
+    business: Business | None = None,
     resume: str | None = None,
     seeded: bool = False,
     transparent: bool | None = False,
@@ -57,7 +59,7 @@ def live_config(
     )
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
-        system_instruction=settings.prompt() + call_context(info, datetime.now(UTC)),
+        system_instruction=settings.prompt() + call_context(info, datetime.now(UTC), business),
         speech_config=speech,
         temperature=settings.gemini_temperature,
         input_audio_transcription=types.AudioTranscriptionConfig(),

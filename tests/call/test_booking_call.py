@@ -1,0 +1,102 @@
+"""The booking tools through the whole path: the fake Gemini server asks, the running app runs the
+tool against its SQLite database, and the answer goes back over the Live connection."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from phonebot.business import load_business
+from phonebot.store.desk import Desk
+from tests.call.test_tool_runtime import call_tool, declared, wait_for_response
+from tests.conftest import Service
+from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
+from tests.phone import CALLER, answer
+
+_ids = itertools.count()
+
+
+async def ask(session: FakeLiveSession, name: str, **args: Any) -> dict[str, Any]:
+    call_id = f"{name}-{next(_ids)}"
+    await call_tool(session, call_id, name, args)
+    return (await wait_for_response(session, call_id))["response"]
+
+
+def next_open_day(service: Service) -> date:
+    business = load_business(service.settings.business_file)
+    day = business.local_date(datetime.now(UTC)) + timedelta(days=2)
+    while business.is_closed(day):
+        day += timedelta(days=1)
+    return day
+
+
+def next_closed_day(service: Service) -> date:
+    business = load_business(service.settings.business_file)
+    day = business.local_date(datetime.now(UTC)) + timedelta(days=1)
+    while not business.is_closed(day):
+        day += timedelta(days=1)
+    return day
+
+
+async def test_a_booking_conversation(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    assert {"check_availability", "book_appointment", "find_booking", "cancel_booking", "reschedule_booking"} <= set(
+        declared(session)
+    )
+    assert "Riverside Dental Practice" in str(session.setup["systemInstruction"])  # the bot knows whom it answers for
+    day = next_open_day(service)
+
+    free = await ask(session, "check_availability", service="cleaning", date_from=day.isoformat())
+    times = free["days"][0]["times"]
+    assert free["days"][0]["date"] == day.isoformat() and len(times) >= 2
+
+    booked = await ask(session, "book_appointment", service="cleaning", date=day.isoformat(), time=times[0], customer_name="Ada Lovelace")
+    assert booked["booked"] is True and booked["time"] == times[0]
+    reference = booked["reference"]
+    assert not set(reference) & set("01OI")  # easy to say and hear
+
+    found = await ask(session, "find_booking")  # by the caller's own number
+    assert [b["reference"] for b in found["bookings"]] == [reference]
+
+    moved = await ask(session, "reschedule_booking", reference=reference.lower(), date=day.isoformat(), time=times[1])
+    assert moved["rescheduled"] is True and moved["time"] == times[1]
+
+    desk: Desk = service.calls.bookings
+    stored = await desk.get(reference)
+    assert stored is not None
+    assert stored.phone == CALLER and stored.customer_name == "Ada Lovelace"
+    assert stored.starts_at.astimezone(desk.business.timezone).strftime("%H:%M") == times[1]
+
+    cancelled = await ask(session, "cancel_booking", reference=reference)
+    assert cancelled["cancelled"] is True
+    assert (await ask(session, "find_booking"))["error"]["code"] == "not_found"  # nothing upcoming
+    await call.stop()
+
+
+async def test_errors_the_bot_can_explain(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    day, closed = next_open_day(service), next_closed_day(service)
+    past = (datetime.now(UTC) - timedelta(days=3)).date()
+
+    async def error_of(name: str, **args: Any) -> str:
+        response = await ask(session, name, **args)
+        assert response["error"]["message"], response
+        return response["error"]["code"]
+
+    assert await error_of("check_availability", service="tattoo", date_from=day.isoformat()) == "unknown_service"
+    assert await error_of("book_appointment", service="check-up", date=closed.isoformat(), time="10:00", customer_name="Ada") == "closed"
+    nothing = await ask(session, "check_availability", service="check-up", date_from=closed.isoformat())
+    assert nothing["days"] == [] and "closed on" in nothing["message"] and nothing["next_available"]["times"]
+    assert await error_of("check_availability", service="check-up", date_from=past.isoformat()) == "in_past"
+    assert await error_of("find_booking", reference="ZZZZZZ") == "not_found"
+    assert await error_of("cancel_booking", reference="ZZZZZZ") == "not_found"
+
+    # Two chairs: the third booking at the same time is taken, and the error offers other times.
+    time = (await ask(session, "check_availability", service="check-up", date_from=day.isoformat()))["days"][0]["times"][0]
+    for name in ("Ada", "Bob"):
+        ok = await ask(session, "book_appointment", service="check-up", date=day.isoformat(), time=time, customer_name=name)
+        assert ok["booked"] is True
+    taken = await ask(session, "book_appointment", service="check-up", date=day.isoformat(), time=time, customer_name="Cy")
+    assert taken["error"]["code"] == "taken"
+    await call.stop()
