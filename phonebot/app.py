@@ -5,29 +5,27 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-import structlog
-from sqlalchemy.exc import SQLAlchemyError
-
 from phonebot import errors
 from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
-from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.call.ports import ModelConnector
+from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
+from phonebot.store import Desk, StoreNotReady, open_desk
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.stream import TwilioStream, media_endpoint
-from phonebot.store import Desk, StoreNotReady, open_desk
+from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS
 from phonebot.tools.spec import ToolSpec
-from phonebot.telephony.voice import voice_endpoint
-
 
 log = structlog.get_logger(__name__)
 

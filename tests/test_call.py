@@ -15,6 +15,7 @@ from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.phone import BUSINESS, CALLER, FORM, answer, expected_mulaw_bytes, greet
 
+
 async def test_webhook_answers_twiml_that_connects_the_stream(service: Service) -> None:
     response = await service.post_voice(FORM)
     assert response.status_code == 200

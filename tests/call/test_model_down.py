@@ -8,16 +8,10 @@ from typing import Any
 import pytest
 
 from tests.call.test_reconnect import CallerStream, start
-from tests.conftest import AUTH_TOKEN, Service
+from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.phone import FORM
-
-
-@pytest.fixture
-async def twilio_rest() -> Any:
-    async with FakeTwilioRest("AC" + "0" * 32, AUTH_TOKEN).running() as rest:
-        yield rest
 
 
 @pytest.fixture

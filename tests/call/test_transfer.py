@@ -10,7 +10,7 @@ import pytest
 from phonebot.app import tool_specs
 from tests import audio
 from tests.call.test_tool_runtime import call_tool, declared, wait_for_response
-from tests.conftest import AUTH_TOKEN, Service, make_settings
+from tests.conftest import Service, make_settings
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.phone import FORM, answer
@@ -21,12 +21,6 @@ def test_transfer_call_is_offered_only_with_a_number() -> None:
     assert [s.name for s in tool_specs(make_settings())] == [*booking, "end_call"]
     with_number = make_settings(transfer_number="+14155550100")
     assert [s.name for s in tool_specs(with_number)] == [*booking, "end_call", "transfer_call"]
-
-
-@pytest.fixture
-async def twilio_rest() -> Any:
-    async with FakeTwilioRest("AC" + "0" * 32, AUTH_TOKEN).running() as rest:
-        yield rest
 
 
 @pytest.fixture

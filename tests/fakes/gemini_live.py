@@ -39,6 +39,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tests.fakes.waiting import Changes
+
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
@@ -200,7 +202,7 @@ class FakeLiveSession:
         self.server_close_reason: str | None = None
         self._realtime_started = False
         self._consumed_texts: set[int] = set()
-        self._changed = asyncio.Condition()
+        self._changes = Changes(self.closed, "session")
 
     @property
     def is_gemini3(self) -> bool:
@@ -213,7 +215,7 @@ class FakeLiveSession:
         try:
             async for raw in self._ws:
                 self._handle(raw)
-                await self._notify()
+                await self._changes.notify()
         except _ProtocolError as error:
             await self._close_with(error.code, error.reason)
         except ConnectionClosed:
@@ -221,7 +223,7 @@ class FakeLiveSession:
         finally:
             self._record_client_close()
             self.closed.set()
-            await self._notify()
+            await self._changes.notify()
 
     def _handle(self, raw: str | bytes) -> None:
         message = _parse_json_object(raw)
@@ -278,21 +280,6 @@ class FakeLiveSession:
 
     # ----- waiting ----------------------------------------------------------------------------
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        """Wait for predicate; fail fast with ConnectionError if the session ends first."""
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._changed:
-                    await self._changed.wait_for(lambda: predicate() or self.closed.is_set())
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
-        if not predicate():
-            raise ConnectionError(f"session closed (code {self.close_code}) while waiting for {what}")
-
     def _first_unconsumed_text(self, contains: str) -> int | None:
         for index, text in enumerate(self.texts):
             if index not in self._consumed_texts and contains in text:
@@ -304,14 +291,14 @@ class FakeLiveSession:
         def found() -> bool:
             return self._first_unconsumed_text(contains) is not None
 
-        await self._wait_until(found, timeout, f"text containing {contains!r}")
+        await self._changes.wait_until(found, timeout, f"text containing {contains!r}")
         index = self._first_unconsumed_text(contains)
         assert index is not None
         self._consumed_texts.add(index)
         return self.texts[index]
 
     async def wait_for_audio(self, nbytes: int, timeout: float = 5) -> None:
-        await self._wait_until(lambda: len(self.audio) >= nbytes, timeout, f"{nbytes} bytes of audio")
+        await self._changes.wait_until(lambda: len(self.audio) >= nbytes, timeout, f"{nbytes} bytes of audio")
 
     # ----- server -> client -------------------------------------------------------------------
 

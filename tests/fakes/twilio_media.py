@@ -30,6 +30,8 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.fakes.waiting import Changes
+
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = 0.02
 PLAYBACK_BYTES_PER_SECOND = 8000
@@ -99,7 +101,7 @@ class FakeTwilioCall:
         self._marks_changed = asyncio.Event()
         self._consumed_marks: set[int] = set()
         self._consumed_clears = 0
-        self._changed = asyncio.Condition()
+        self._changes = Changes(self.closed, "socket")
         self._receiver: asyncio.Task[None] | None = None
         self._player: asyncio.Task[None] | None = None
 
@@ -228,7 +230,7 @@ class FakeTwilioCall:
     async def _echo_mark(self, name: str) -> None:
         await self._send_numbered({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
         self.marks_sent_back.append(name)
-        await self._notify()
+        await self._changes.notify()
 
     # ----- receiving ----------------------------------------------------------------------------
 
@@ -237,7 +239,7 @@ class FakeTwilioCall:
         try:
             async for raw in ws:
                 await self._handle(raw)
-                await self._notify()
+                await self._changes.notify()
         except ConnectionClosed:
             pass
         finally:
@@ -245,7 +247,7 @@ class FakeTwilioCall:
             self.close_reason = ws.close_reason
             self.closed.set()
             await self._stop_player()
-            await self._notify()
+            await self._changes.notify()
 
     async def _stop_player(self) -> None:
         if self._player is not None:
@@ -352,30 +354,15 @@ class FakeTwilioCall:
 
     # ----- waiting ------------------------------------------------------------------------------
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        """Wait for predicate; fail fast with ConnectionError if the socket closes first."""
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._changed:
-                    await self._changed.wait_for(lambda: predicate() or self.closed.is_set())
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
-        if not predicate():
-            raise ConnectionError(f"socket closed (code {self.close_code}) while waiting for {what}")
-
     async def wait_for_audio(self, nbytes: int, timeout: float = 5) -> None:
         def enough() -> bool:
             return len(self.received_audio) >= nbytes
 
-        await self._wait_until(enough, timeout, f"{nbytes} bytes of audio")
+        await self._changes.wait_until(enough, timeout, f"{nbytes} bytes of audio")
 
     async def wait_for_clear(self, timeout: float = 5) -> float:
         """Return the arrival time of the next clear not returned by an earlier call."""
-        await self._wait_until(lambda: len(self.clears) > self._consumed_clears, timeout, "a clear")
+        await self._changes.wait_until(lambda: len(self.clears) > self._consumed_clears, timeout, "a clear")
         self._consumed_clears += 1
         return self.clears[self._consumed_clears - 1]
 
@@ -390,7 +377,7 @@ class FakeTwilioCall:
         def found() -> bool:
             return self._first_unconsumed_mark(name) is not None
 
-        await self._wait_until(found, timeout, f"mark {name or '(any)'} echoed back")
+        await self._changes.wait_until(found, timeout, f"mark {name or '(any)'} echoed back")
         index = self._first_unconsumed_mark(name)
         assert index is not None
         self._consumed_marks.add(index)
