@@ -1,7 +1,7 @@
 """Where the service's CPU goes under load: py-spy, and a summary of what it sampled.
 
 `record()` runs `py-spy record --nonblocking` against the service for the measured window and
-writes collapsed stacks (py-spy's "raw" format). `summarize()` turns them into shares of the
+writes collapsed stacks (py-spy's "raw" format). `summarize()` keeps them (for a flame graph) and turns them into shares of the
 sampled CPU time: per function (self and inclusive) and per package of the innermost frame.
 Samples where the service was idle (waiting in epoll) are not taken, so shares are of busy time.
 Time in C code (json, numpy, ssl) counts towards the Python function that called it.
@@ -116,4 +116,6 @@ def summarize(collapsed: Path, top: int = 15) -> dict:
         "self_pct": shares(own, top),
         "inclusive_pct": shares(inclusive, top * 3),
         "package_self_pct": shares(packages, top),
+        # The samples themselves, for a flame graph: `flamegraph.pl`, speedscope.app, ...
+        "collapsed": collapsed.read_text().splitlines(),
     }

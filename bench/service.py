@@ -182,6 +182,10 @@ class Service:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"service not ready after {timeout}s; see {self.log_path}")
 
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
     async def stop(self, timeout: float = 10.0) -> None:
         """SIGINT (uvicorn's graceful stop), then SIGKILL if it has not exited in time."""
         if self._proc.poll() is None:

@@ -1,0 +1,189 @@
+"""One step of the load bench: N callers against one service, and the figures they give.
+
+A step makes one warm-up call (so the first of the N does not pay for imports and the SDK's
+client), ramps the N calls up, lets the service settle, then measures a window: CPU and RSS of
+the service, CPU of this process and how late its loop runs, other programs' CPU. Then no new
+audio is sent either way, what is in flight is let arrive, and every call hangs up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from bench import profile
+from bench.callers import FRAME_S, Caller, signature
+from bench.fake_model import FakeModel
+from bench.figures import DOWN, MODEL_BLOCK, step_figures, summary
+from bench.service import Neighbours, ProcStats
+
+P99_LIMIT_MS = 20.0
+LOADGEN_LIMIT_PCT = 90.0  # above this the load generator, not the service, may be what is slow
+AUTH_TOKEN = "bench-auth-token"
+ACCOUNT_SID = "AC" + "0" * 32
+MEDIA_PATH = "/twilio/media"
+WARMUP_S = 2.0
+SETTLE_S = 2.0
+DRAIN_S = 3.0
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+class LoopLag:
+    """How late this process's loop runs a 5 ms timer. The bench's timestamps are taken on this
+    loop, so they are only as good as this figure (uvloop timers have 1 ms resolution)."""
+
+    def __init__(self, period_s: float = 0.005) -> None:
+        self.period_s = period_s
+        self.lags: list[float] = []
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._due = time.monotonic() + self.period_s
+        self._timer = asyncio.get_running_loop().call_later(self.period_s, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.lags.append(now - self._due)
+        self._due = now + self.period_s
+        self._timer = asyncio.get_running_loop().call_later(self.period_s, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class Step:
+    """One step: N callers against one service, and the figures they give."""
+
+    def __init__(self, n: int, args: argparse.Namespace, model: FakeModel, host: str, port: int,
+                 stats: ProcStats | None, workdir: Path, service_core: int | None = None) -> None:
+        self.n, self.args, self.model, self.host, self.port = n, args, model, host, port
+        self.stats, self.workdir, self.service_core = stats, workdir, service_core
+        self.signature = signature(AUTH_TOKEN)
+        self.me = ProcStats(os.getpid())
+
+    def caller(self, index: int) -> Caller:
+        return Caller(index, self.host, self.port, MEDIA_PATH, self.signature)
+
+    async def warm_up(self) -> None:
+        """One short call, so the first of the N does not pay for imports and the SDK's client."""
+        caller = self.caller(9_999_999)
+        await asyncio.wait_for(caller.dial(), 10)
+        await asyncio.sleep(WARMUP_S)
+        await caller.hang_up()
+        if not caller.audio_total:
+            raise RuntimeError(f"the warm-up call got no bot audio (errors: {caller.errors})")
+
+    async def run(self) -> dict:
+        self.model.reset()
+        await self.warm_up()
+        self.model.reset()
+        rss0 = self.stats.rss_bytes() if self.stats else None
+        callers = [self.caller(i) for i in range(self.n)]
+        ramp_start = time.monotonic()
+        dials = []
+        for i, caller in enumerate(callers):
+            # Spread the calls' 20 ms frame clocks over the frame period (golden-ratio steps).
+            await _sleep_until(ramp_start + i / self.args.ramp + (i * 0.618034 % 1) * FRAME_S)
+            dials.append(asyncio.create_task(caller.dial()))
+        _, pending = await asyncio.wait(dials, timeout=30)
+        for task in pending:  # a call that could not even connect in 30 s has failed
+            task.cancel()
+        failed = sum(1 for task in dials if task.cancelled() or task.exception() is not None)
+
+        window = (time.monotonic() + SETTLE_S, time.monotonic() + SETTLE_S + self.args.seconds)
+        await _sleep_until(window[0])
+        cpu0, me0 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s()
+        lag, neighbours = LoopLag(), Neighbours(self.stats, self.me, self.service_core)
+        lag.start()
+        neighbours.start()
+        spy, spy_out = None, self.workdir / f"profile-{self.n}.txt"
+        if self.args.profile and self.stats:
+            spy = await profile.record(self.stats.pid, self.args.seconds, spy_out)
+        await _sleep_until(window[1])
+        cpu1, me1 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s()
+        rss1 = self.stats.rss_bytes() if self.stats else None
+        lag.stop()
+        machine_load = await neighbours.stop(window[1] - window[0])
+
+        # The end: no new audio either way, then wait (bounded) for what is in flight to arrive.
+        self.model.frozen = True
+        for caller in callers:
+            caller.stop_media()
+        await self._drain(callers)
+        figures = step_figures(callers, self.model.sessions, window, self.args.model_delay)
+        await asyncio.wait_for(asyncio.gather(*(c.hang_up() for c in callers), return_exceptions=True), 15)
+
+        seconds = window[1] - window[0]
+        result = {"calls": self.n, "seconds": round(seconds, 3), "failed_calls": failed, **figures}
+        result["service_cpu"] = _cpu(cpu0, cpu1, seconds, self.n)
+        result["service_rss"] = _rss(rss0, rss1, self.n)
+        result["loadgen_cpu_pct"] = round(100 * (me1 - me0) / seconds, 1)
+        result["loadgen_loop_lag_ms"] = summary(lag.lags)
+        result["machine_load"] = machine_load
+        if spy is not None:
+            await asyncio.wait_for(spy.wait(), 30)
+            result["profile"] = profile.summarize(spy_out) if spy_out.is_file() else None
+        result["stop_reasons"] = _stop_reasons(result)
+        return result
+
+    async def _drain(self, callers: list[Caller]) -> None:
+        by_caller = {s.caller: s for s in self.model.sessions}
+
+        def arrived() -> bool:
+            for caller in callers:
+                session = by_caller.get(caller.index)
+                if session is None:
+                    continue
+                got = caller.audio_total[-1] if caller.audio_total else 0
+                if session.bytes_in < MODEL_BLOCK * len(caller.sent_at) or got < session.bytes_out // DOWN:
+                    return False
+            return True
+
+        deadline = time.monotonic() + DRAIN_S
+        while not arrived() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def _cpu(cpu0: float | None, cpu1: float | None, seconds: float, n: int) -> dict:
+    if cpu0 is None or cpu1 is None:
+        return {"core_pct": None, "pct_per_call": None, "ms_per_call_second": None, "calls_per_core": None}
+    pct = 100 * (cpu1 - cpu0) / seconds
+    per_call = pct / n
+    return {
+        "core_pct": round(pct, 1),
+        "pct_per_call": round(per_call, 3),
+        "ms_per_call_second": round(10 * per_call, 3),
+        "calls_per_core": round(100 / per_call) if per_call > 0 else None,  # linear extrapolation
+    }
+
+
+def _rss(rss0: int | None, rss1: int | None, n: int) -> dict:
+    if rss0 is None or rss1 is None:
+        return {"baseline_mb": None, "end_mb": None, "mb_per_call": None}
+    mb = 2**20
+    return {"baseline_mb": round(rss0 / mb, 1), "end_mb": round(rss1 / mb, 1),
+            "mb_per_call": round((rss1 - rss0) / n / mb, 3)}
+
+
+def _stop_reasons(step: dict) -> list[str]:
+    reasons = []
+    for key in ("caller_to_model_ms", "model_to_caller_ms"):
+        p99 = step[key]["p99"]
+        if p99 is not None and p99 > P99_LIMIT_MS:
+            reasons.append(f"{key} p99 {p99} > {P99_LIMIT_MS}")
+    lost = step["frames"]["caller_lost"] + step["frames"]["model_lost"]
+    if lost:
+        reasons.append(f"{lost} frames lost")
+    if step["failed_calls"] or step["calls_without_session"]:
+        reasons.append(f"{step['failed_calls']} calls failed, {step['calls_without_session']} without a session")
+    if step["loadgen_cpu_pct"] > LOADGEN_LIMIT_PCT:
+        reasons.append(f"load generator at {step['loadgen_cpu_pct']}% of its core")
+    return reasons
