@@ -262,14 +262,17 @@ class ResilientModel:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _open(self) -> ModelConnection:
-        if self._handle is not None:
+    async def _open(self) -> tuple[ModelConnection, str | None]:
+        """A new connection, and the handle it resumed from (None: fresh, seeded with the history)."""
+        handle = self._handle
+        if handle is not None:
             try:
-                return await self._connector.connect(self._info, resume=self._handle)
+                return await self._connector.connect(self._info, resume=handle), handle
             except ResumeRefused as error:
                 log.warning("model.resume_refused", reason=str(error))
-                self._handle = None
-        return await self._connector.connect(self._info, history=tuple(self._history))
+                if self._handle == handle:
+                    self._handle = None
+        return await self._connector.connect(self._info, history=tuple(self._history)), None
 
     async def _adopt(self, conn: ModelConnection) -> None:
         """Make `conn` current: replay the outbox into it, then retire the old connection."""
@@ -292,7 +295,7 @@ class ResilientModel:
         for attempt in range(1, policy.attempts + 1):
             try:
                 async with asyncio.timeout(policy.connect_timeout_s):
-                    conn = await self._open()
+                    conn, _ = await self._open()
             except Exception as error:  # noqa: BLE001 - every failure is retried the same way
                 log.warning("model.connect_failed", attempt=attempt, error=repr(error))
             else:
@@ -316,11 +319,10 @@ class ResilientModel:
                         await self._resumable.wait()
                 except TimeoutError:
                     log.warning("model.switch_at_deadline", generating=self._generating)
-                handle = self._handle
                 async with asyncio.timeout(max(self._policy.connect_timeout_s, deadline - time.monotonic())):
-                    conn = await self._open()
+                    conn, resumed_from = await self._open()
                 try:
-                    if handle != self._handle and time.monotonic() < deadline:
+                    if resumed_from != self._handle and time.monotonic() < deadline:
                         await conn.close()  # the conversation moved on while connecting: resume from the newer state
                         continue
                     await self._adopt(conn)

@@ -164,8 +164,9 @@ async def test_dropped_socket_mid_turn_resumes_with_nothing_lost(
     [{}, {"gemini_model": "gemini-3.1-flash-live-preview"}],
     ids=["gemini-2.5", "gemini-3.x"],
 )
+@pytest.mark.parametrize("how", ["dropped", "goAway"])
 async def test_refused_handle_starts_fresh_with_the_conversation_so_far(
-    service: Service, gemini: FakeLiveServer, wait_until: Any, settings_overrides: dict[str, Any]
+    service: Service, gemini: FakeLiveServer, wait_until: Any, settings_overrides: dict[str, Any], how: str
 ) -> None:
     stream = CallerStream()
     call, first = await start(service, gemini, stream, wait_until)
@@ -175,7 +176,10 @@ async def test_refused_handle_starts_fresh_with_the_conversation_so_far(
     await first.send_turn_complete()
     await checkpoint(service, first, "h1", wait_until)
     gemini.issued_handles.discard("h1")  # expired by the time we need it
-    await first.close(1011, "Internal error encountered.")
+    if how == "goAway":
+        await first.send_go_away("10s")
+    else:
+        await first.close(1011, "Internal error encountered.")
     second = await gemini.next_session()
     assert second.resumed_from is None
     await wait_until(lambda: second.client_contents)  # sent right after the setup
@@ -194,6 +198,7 @@ async def test_refused_handle_starts_fresh_with_the_conversation_so_far(
     await stream.send(call, 10)
     await second.wait_for_audio(10 * PCM16K_PER_FRAME)
     assert bytes(second.audio) == stream.expected(since)
+    assert len(gemini.sessions) == 2  # no connection opened in vain
     await call.stop()
 
 
@@ -271,4 +276,22 @@ async def test_keepalive_never_ends_a_call(service: Service, gemini: FakeLiveSer
     await stream.send(call, 10)
     await second.wait_for_audio(10 * PCM16K_PER_FRAME)
     assert bytes(second.audio) == stream.expected(since)
+    await call.stop()
+
+
+async def test_consumed_index_trims_the_outbox_exactly(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
+    """Where the service says which message a handle covers (Vertex's transparent mode), trust it."""
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)  # message 1: greeting cue; 2..51: frames 0..49
+    assert "transparent" not in str(first.setup)  # the Gemini API refuses the option: never asked there
+    covered_frames = 30
+    gemini.issued_handles.add("h1")
+    await first.send({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(1 + covered_frames)}})
+    await wait_until(lambda: model_of(service).handle == "h1")
+    await first.send_go_away("10s")
+    second = await gemini.next_session()
+    await stream.send(call, 10)
+    await second.wait_for_audio((stream.sent - covered_frames) * PCM16K_PER_FRAME)
+    await asyncio.sleep(0.05)
+    assert bytes(second.audio) == stream.expected(covered_frames)  # frames 30.. were not in the state yet
     await call.stop()
