@@ -21,29 +21,38 @@ _PACKAGES = ("google/genai", "pydantic", "pydantic_core", "websockets", "uvicorn
              "phonebot", "numpy", "asyncio", "uvloop", "json", "ssl", "base64", "typing", "enum", "httptools")
 
 
-# Where a sample's time goes, by the first of these functions found anywhere on its stack (in
-# this order: a codec call inside a pump counts as codec). Samples with none of them are put
-# by their innermost frame: socket reads (frame parsing, TLS) or the event loop itself.
+# Where a sample's time goes: the bucket of the innermost frame that has a marker (so numpy
+# inside the upsampler counts as codec, the upsampler inside a pump too). Markers match
+# "function (file)". py-spy often sees only the inner part of a coroutine's stack (and, not
+# pausing the process, now and then a torn one), so each path has markers near the leaves.
 _BUCKETS = (
     ("codec: mu-law 8k -> PCM 16k", ("Upsampler8to16.process", "mulaw_to_pcm")),
     ("codec: PCM 24k -> mu-law 8k", ("Downsampler24to8.process", "pcm_to_mulaw")),
-    ("audio to the model (JSON, websockets, TLS)", ("LiveSession.send_audio", "send_realtime_input")),
-    ("messages from the model (recv, JSON parse)", ("LiveSession.events", "AsyncSession._receive")),
-    ("resumption bookkeeping (outbox, checkpoints)", ("ResilientModel",)),
-    ("Twilio in: receive, JSON, base64", ("_next_message", "TwilioStream.events")),
-    ("Twilio out: media/mark/clear sends", ("TwilioStream.",)),
+    ("Twilio in: WebSocket receive, JSON, base64", (
+        "_next_message", "TwilioStream.events", "telephony/messages.py", "WebSocket.receive", "asgi_receive",
+        "asyncio/queues.py", "asyncio/timeouts.py")),
+    ("Twilio out: media/mark/clear sends", (
+        "TwilioStream.", "WebSocket.send", "asgi_send", "WebSocketsSansIOProtocol.send")),
+    ("to the model: audio messages, websockets, TLS", (
+        "LiveSession.send_audio", "send_realtime_input", "gemini/wire.py) audio", "Connection.send", "SSLObject.write",
+        "randbytes")),
+    ("from the model: TLS, websockets, JSON", (
+        "LiveSession.events", "AsyncSession._receive", "gemini/wire.py", "Connection.recv", "Assembler.",
+        "Connection.data_received", "SSLObject.read")),
+    ("resumption bookkeeping (outbox, checkpoints)", ("ResilientModel.",)),
     ("call session logic", ("CallSession.", "Playback.")),
+    ("Twilio in: uvicorn's WebSocket protocol", ("WebSocketsSansIOProtocol.",)),
+    ("WebSocket frame parsing (either link)", ("websockets/protocol.py", "websockets/frames.py", "websockets/streams.py")),
 )
 
 
-def _bucket(names: list[str], leaf_file: str) -> str:
-    for label, markers in _BUCKETS:
-        if any(marker in name for name in names for marker in markers):
-            return label
-    if any(part in leaf_file for part in ("uvicorn/", "websockets/", "ssl.py", "starlette/")):
-        return "socket reads and writes outside the pumps (uvicorn, websockets, TLS)"
-    if names[-1] == "Runner.run":
-        return "event loop itself (uvloop C code, syscalls)"
+def _bucket(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for label, markers in _BUCKETS:
+            if any(marker in frame for marker in markers):
+                return label
+    if frames[-1].startswith("Runner.run "):
+        return "event loop: uvloop's C code (epoll, socket reads and writes, callbacks)"
     return "other"
 
 
@@ -103,7 +112,7 @@ def summarize(collapsed: Path, top: int = 15) -> dict:
         name, file = frames[-1]
         own[f"{name} ({file})"] += count
         packages[_package(file)] += count
-        buckets[_bucket([n for n, _ in frames], file)] += count
+        buckets[_bucket([f"{n} ({f})" for n, f in frames])] += count
         for function in {f"{n} ({f})" for n, f in frames}:
             inclusive[function] += count
 

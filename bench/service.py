@@ -28,9 +28,13 @@ class ProcStats:
 
     def cpu_s(self) -> float:
         """utime + stime of all the process's threads, in seconds."""
+        return sum(self.cpu_split_s())
+
+    def cpu_split_s(self) -> tuple[float, float]:
+        """(utime, stime): CPU in user space and in the kernel (syscalls, loopback TCP), seconds."""
         with open(f"/proc/{self.pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of proc(5)
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.pid}/status", "rb") as f:

@@ -100,7 +100,7 @@ class Step:
 
         window = (time.monotonic() + SETTLE_S, time.monotonic() + SETTLE_S + self.args.seconds)
         await _sleep_until(window[0])
-        cpu0, me0 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s()
+        cpu0, me0 = (self.stats.cpu_split_s() if self.stats else None), self.me.cpu_s()
         lag, neighbours = LoopLag(), Neighbours(self.stats, self.me, self.service_core)
         lag.start()
         neighbours.start()
@@ -108,7 +108,7 @@ class Step:
         if self.args.profile and self.stats:
             spy = await profile.record(self.stats.pid, self.args.seconds, spy_out)
         await _sleep_until(window[1])
-        cpu1, me1 = (self.stats.cpu_s() if self.stats else None), self.me.cpu_s()
+        cpu1, me1 = (self.stats.cpu_split_s() if self.stats else None), self.me.cpu_s()
         rss1 = self.stats.rss_bytes() if self.stats else None
         lag.stop()
         machine_load = await neighbours.stop(window[1] - window[0])
@@ -152,13 +152,15 @@ class Step:
             await asyncio.sleep(0.05)
 
 
-def _cpu(cpu0: float | None, cpu1: float | None, seconds: float, n: int) -> dict:
+def _cpu(cpu0: tuple[float, float] | None, cpu1: tuple[float, float] | None, seconds: float, n: int) -> dict:
     if cpu0 is None or cpu1 is None:
-        return {"core_pct": None, "pct_per_call": None, "ms_per_call_second": None, "calls_per_core": None}
-    pct = 100 * (cpu1 - cpu0) / seconds
+        return {"core_pct": None, "kernel_pct": None, "pct_per_call": None, "ms_per_call_second": None,
+                "calls_per_core": None}
+    pct = 100 * (sum(cpu1) - sum(cpu0)) / seconds
     per_call = pct / n
     return {
         "core_pct": round(pct, 1),
+        "kernel_pct": round(100 * (cpu1[1] - cpu0[1]) / seconds, 1),  # of core_pct: stime (syscalls, TCP)
         "pct_per_call": round(per_call, 3),
         "ms_per_call_second": round(10 * per_call, 3),
         "calls_per_core": round(100 / per_call) if per_call > 0 else None,  # linear extrapolation
