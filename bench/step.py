@@ -119,7 +119,10 @@ class Step:
             caller.stop_media()
         await self._drain(callers)
         figures = step_figures(callers, self.model.sessions, window, self.args.model_delay)
-        await asyncio.wait_for(asyncio.gather(*(c.hang_up() for c in callers), return_exceptions=True), 15)
+        hang_ups = [asyncio.create_task(caller.hang_up()) for caller in callers]
+        _, pending = await asyncio.wait(hang_ups, timeout=15)
+        for task in pending:
+            task.cancel()
 
         seconds = window[1] - window[0]
         result = {"calls": self.n, "seconds": round(seconds, 3), "failed_calls": failed, **figures}

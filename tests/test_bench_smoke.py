@@ -17,7 +17,8 @@ def _finite(value: object) -> bool:
 
 def test_bench_load_smoke(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    command = [sys.executable, "-m", "bench.load", "--calls", "3", "--seconds", "3", "--quiet", "0", "--out", str(out)]
+    command = [sys.executable, "-m", "bench.load", "--calls", "3", "--seconds", "3", "--quiet", "0", "--retries", "0",
+               "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
