@@ -53,14 +53,14 @@ async def test_greeting_reaches_the_caller_as_mulaw(service: Service, gemini: Fa
 async def test_marks_tell_how_much_the_caller_heard(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
     call, session = await answer(service, gemini)
     bot_24k = audio.tone(440, 24000, 0.3)
-    await greet(session, bot_24k, chunk_bytes=2400)  # 50 ms chunks: a mark behind each
+    await greet(session, bot_24k, chunk_bytes=2400)  # 50 ms chunks: a mark every 100 ms
     await call.wait_for_audio(expected_mulaw_bytes(bot_24k))
     active = service.calls.active[FORM["CallSid"]]
     await wait_until(lambda: active.playback.turns and active.playback.turns[0].heard_ms >= 300, timeout=2)
     turn = active.playback.turns[0]
     assert turn.sent_ms == pytest.approx(300, abs=1)
     assert turn.finished and not turn.interrupted
-    assert len(call.marks_sent_back) == 6
+    assert len(call.marks_sent_back) == 3
     await call.stop()
 
 
@@ -225,3 +225,16 @@ async def test_over_long_call_ends_politely(service: Service, gemini: FakeLiveSe
     assert call.played_bytes() >= expected_mulaw_bytes(goodbye) - 160  # the goodbye was heard
     await asyncio.wait_for(session.closed.wait(), 5)
     talking.cancel()
+
+
+async def test_a_silent_line_ends_the_call(service: Service, gemini: FakeLiveServer, monkeypatch: pytest.MonkeyPatch, wait_until: Any) -> None:
+    # Twilio streams a frame every 20 ms, silence included: a line with nothing on it is dead.
+    from phonebot.telephony import stream
+
+    monkeypatch.setattr(stream, "SILENT_LINE_TIMEOUT_S", 0.6)
+    monkeypatch.setattr(stream, "SILENT_LINE_CHECK_S", 0.1)
+    call, session = await answer(service, gemini)
+    await call.send_audio(b"\xff" * 1600, realtime=True)  # 200 ms of frames, then nothing at all
+    await asyncio.wait_for(call.closed.wait(), 3)
+    await asyncio.wait_for(session.closed.wait(), 3)
+    await wait_until(lambda: not service.calls.active)

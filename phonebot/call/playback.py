@@ -1,14 +1,17 @@
 """The mark ledger: how much of each bot turn the caller has actually heard.
 
-Audio is sent to the phone faster than it plays, so "sent" is not "heard". After each
-chunk the call asks the telephony side for a mark named after the turn and the audio
-sent so far; the mark comes back once that audio has played. On barge-in the turn is
-frozen: marks that come back after the `clear` are for audio that was thrown away.
+Audio is sent to the phone faster than it plays, so "sent" is not "heard". Every 100 ms
+of audio, and at the end of each turn, the call asks the telephony side for a mark named
+after the turn and the audio sent so far; the mark comes back once that audio has played.
+(A mark per model chunk would double the messages to the phone for no use.) On barge-in
+the turn is frozen: marks that come back after the `clear` are for audio thrown away.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MARK_EVERY_MS = 100
 
 
 @dataclass(slots=True)
@@ -16,6 +19,7 @@ class BotTurn:
     index: int
     sample_rate: int
     sent_samples: int = 0
+    marked_samples: int = 0
     heard_samples: int = 0
     interrupted: bool = False
     finished: bool = False
@@ -35,13 +39,27 @@ class Playback:
         self.turns: list[BotTurn] = []
         self._current: BotTurn | None = None
 
-    def sent(self, pcm_bytes: int) -> str:
-        """Count audio sent to the caller; returns the name of the mark to send after it."""
+    def sent(self, pcm_bytes: int) -> str | None:
+        """Count audio sent to the caller; returns the name of a mark to send after it, when one is due."""
         turn = self._current
         if turn is None:
             turn = self._current = BotTurn(len(self.turns), self.sample_rate)
             self.turns.append(turn)
         turn.sent_samples += pcm_bytes // 2
+        if (turn.sent_samples - turn.marked_samples) * 1000 < MARK_EVERY_MS * self.sample_rate:
+            return None
+        return self._mark(turn)
+
+    def last_mark(self) -> str | None:
+        """The mark for the end of the current turn, unless one is out already."""
+        turn = self._current
+        if turn is None or turn.marked_samples == turn.sent_samples:
+            return None
+        return self._mark(turn)
+
+    @staticmethod
+    def _mark(turn: BotTurn) -> str:
+        turn.marked_samples = turn.sent_samples
         return f"{turn.index}:{turn.sent_samples}"
 
     def heard(self, mark: str) -> None:

@@ -2,7 +2,7 @@
 
 Two pumps, one per direction, no queue between them:
 - caller -> model: 8 kHz PCM, upsampled to the model's 16 kHz, sent at once;
-- model -> caller: 24 kHz PCM, downsampled to 8 kHz, played with a mark behind each chunk.
+- model -> caller: 24 kHz PCM, downsampled to 8 kHz, played with marks to know what was heard.
 Barge-in clears the phone's buffer and drops the rest of the interrupted turn.
 """
 
@@ -165,10 +165,13 @@ class CallSession:
                 case BotAudio(pcm=pcm):
                     pcm8k = self._down.process(pcm)
                     await self.caller.play(pcm8k)
-                    await self.caller.mark(self.playback.sent(len(pcm8k)))
+                    if (mark := self.playback.sent(len(pcm8k))) is not None:
+                        await self.caller.mark(mark)
                 case BotInterrupted():
                     await self._barge_in()
                 case BotTurnComplete():
+                    if (mark := self.playback.last_mark()) is not None:
+                        await self.caller.mark(mark)
                     await self.caller.flush()
                     self.playback.finish()
                     if self._after_speech is not None:

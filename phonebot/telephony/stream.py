@@ -25,7 +25,9 @@ FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: what Twilio sends, and what we send 
 SAMPLE_RATE = 8000
 # Twilio sends a frame every 20 ms for the whole call, silence included: this long with
 # nothing means the connection is dead even if TCP has not noticed (no WebSocket pings needed).
+# One timer per call looks every few seconds; a timeout per frame would cost more than the frame.
 SILENT_LINE_TIMEOUT_S = 15.0
+SILENT_LINE_CHECK_S = 2.0
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +47,21 @@ class TwilioStream:
         self._sent = 0  # ... of which sent to Twilio
         self._marks: list[tuple[int, str]] = []  # marks waiting for their audio to be sent
         self.stopped = False  # Twilio said `stop` (as opposed to the socket just closing)
+        self._loop = asyncio.get_running_loop()
+        self._last_message = self._loop.time()
+        self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
+        self._closing: asyncio.Task[None] | None = None
 
     @classmethod
     async def accept(cls, websocket: WebSocket, rest: TwilioRest) -> TwilioStream | None:
-        """Read up to `start`. None if the stream ends first."""
+        """Read up to `start`. None if the stream ends first, or says nothing for too long."""
         while True:
-            message = await _next_message(websocket)
+            try:
+                async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
+                    message = await _next_message(websocket)
+            except TimeoutError:
+                log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
+                return None
             if message is None or isinstance(message, messages.Stop):
                 return None
             if isinstance(message, messages.Start):
@@ -65,6 +76,7 @@ class TwilioStream:
 
     async def events(self) -> AsyncIterator[CallerEvent]:
         while (message := await _next_message(self._ws)) is not None:
+            self._last_message = self._loop.time()
             match message:
                 case messages.Media(mulaw=mulaw, track="inbound"):
                     yield CallerAudio(codec.mulaw_to_pcm(mulaw))
@@ -114,7 +126,16 @@ class TwilioStream:
             log.error("stream.redirect_failed", error=repr(error))
             await self.close()
 
+    def _check_line(self) -> None:
+        silent = self._loop.time() - self._last_message
+        if silent < SILENT_LINE_TIMEOUT_S:
+            self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
+            return
+        log.warning("stream.silent_line", seconds=round(silent, 1))
+        self._closing = asyncio.ensure_future(self.close())  # the pending receive then ends
+
     async def close(self) -> None:
+        self._watchdog.cancel()
         if self._ws.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the caller went first
                 await self._ws.close()
@@ -135,11 +156,7 @@ async def _next_message(websocket: WebSocket) -> messages.Message | None:
     """The next well-formed message; None when the socket closes. Bad ones are logged and skipped."""
     while True:
         try:
-            async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
-                text = await websocket.receive_text()
-        except TimeoutError:
-            log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
-            return None
+            text = await websocket.receive_text()
         except (WebSocketDisconnect, RuntimeError):
             return None
         try:

@@ -3,6 +3,14 @@
 from phonebot.call.playback import Playback
 
 
+def test_marks_every_100_ms_and_at_the_end_of_a_turn() -> None:
+    playback = Playback(8000)
+    assert [playback.sent(640) for _ in range(6)] == [None, None, "0:960", None, None, "0:1920"]  # 40 ms chunks
+    assert playback.sent(320) is None
+    assert playback.last_mark() == "0:2080"
+    assert playback.last_mark() is None  # already out
+
+
 def test_heard_follows_marks_and_freezes_on_barge_in() -> None:
     playback = Playback(8000)
     first = playback.sent(1600)  # 100 ms
@@ -19,11 +27,11 @@ def test_heard_follows_marks_and_freezes_on_barge_in() -> None:
 
 def test_finished_turn_keeps_counting_and_next_turn_is_new() -> None:
     playback = Playback(8000)
-    mark = playback.sent(800)
+    mark = playback.sent(1600)
     playback.finish()
     playback.heard(mark)
-    assert playback.turns[0].heard_ms == 50 and playback.turns[0].finished
-    assert playback.sent(800) == "1:400"
+    assert playback.turns[0].heard_ms == 100 and playback.turns[0].finished
+    assert playback.sent(1600) == "1:800"
 
 
 def test_foreign_marks_are_ignored() -> None:
