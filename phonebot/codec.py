@@ -65,7 +65,9 @@ def _exact(taps: np.ndarray) -> np.ndarray:
 
 def _to_pcm16(samples: np.ndarray) -> bytes:
     np.rint(samples, out=samples)
-    np.clip(samples, -32768, 32767, out=samples)
+    # minimum/maximum rather than np.clip: same result, a third of its per-call overhead.
+    np.minimum(samples, 32767, out=samples)
+    np.maximum(samples, -32768, out=samples)
     return samples.astype("<i2").tobytes()
 
 
@@ -119,7 +121,7 @@ class Downsampler24to8:
             offset=self._phase * 8,
             strides=(self.FACTOR * 8, 8),
         )
-        out = windows @ self._reversed
+        out = np.dot(windows, self._reversed)
         self._history = buf[len(x) :]
         self._phase = (self._phase - len(x)) % self.FACTOR
         return _to_pcm16(out)
@@ -153,6 +155,6 @@ class Upsampler8to16:
             return b""
         buf = np.concatenate((self._history, x), dtype=_F64)
         windows = np.ndarray((len(x), self._width), dtype=_F64, buffer=buf, strides=(8, 8))
-        out = (windows @ self._phases).ravel()  # rows interleave the phases: y[2n], y[2n+1]
+        out = np.dot(windows, self._phases).ravel()  # rows interleave the phases: y[2n], y[2n+1]
         self._history = buf[len(x) :]
         return _to_pcm16(out)
