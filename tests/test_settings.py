@@ -95,10 +95,3 @@ def test_serve_answers_health_checks_without_credentials(tmp_path: Path) -> None
         proc.terminate()
         stderr = proc.communicate(timeout=10)[1]
     assert "settings.problem" in stderr
-
-
-def test_model_chunk_is_whole_frames(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PHONEBOT_MODEL_CHUNK_MS", "40")
-    assert Settings().model_chunk_ms == 40
-    monkeypatch.setenv("PHONEBOT_MODEL_CHUNK_MS", "30")
-    assert any(p.startswith("PHONEBOT_MODEL_CHUNK_MS: Input should be a multiple of 20") for p in diagnose())
