@@ -70,7 +70,6 @@ def build_app(
         transfer_to=settings.transfer_number,
         policy=ReconnectPolicy(outage_audio_s=settings.reconnect_buffer_s),
         max_duration_s=settings.max_call_s,
-        model_chunk_ms=settings.model_chunk_ms,
     )
     rest = TwilioRest(settings)
 

@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     # Calls.
     reconnect_buffer_s: float = Field(5.0, gt=0, le=60, validation_alias="PHONEBOT_RECONNECT_BUFFER_S")
     max_call_s: float = Field(3600.0, gt=0, validation_alias="PHONEBOT_MAX_CALL_S")
-    model_chunk_ms: Literal[20, 40, 60, 80, 100] = Field(20, validation_alias="PHONEBOT_MODEL_CHUNK_MS")
 
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")

@@ -238,17 +238,3 @@ async def test_a_silent_line_ends_the_call(service: Service, gemini: FakeLiveSer
     await asyncio.wait_for(call.closed.wait(), 3)
     await asyncio.wait_for(session.closed.wait(), 3)
     await wait_until(lambda: not service.calls.active)
-
-
-@pytest.mark.parametrize("settings_overrides", [{"model_chunk_ms": 60}], ids=["60ms"])
-async def test_caller_audio_can_go_to_the_model_in_larger_chunks(service: Service, gemini: FakeLiveServer) -> None:
-    call, session = await answer(service, gemini)
-    await session.wait_for_text("Greet")
-    caller_8k = audio.speech(audio.PHRASES["caller"], 8000)[: 2 * 8000]  # one second
-    await call.send_audio(codec.pcm_to_mulaw(caller_8k), realtime=False)
-    await session.wait_for_audio(4 * 8000 - 4 * 8000 % 1920)
-    audio_messages = [m for m in session.messages if "audio" in m.get("realtime_input", {})]
-    assert {len(m["realtime_input"]["audio"]["data"]) for m in audio_messages} == {2560}  # 1920 bytes: 60 ms at 16 kHz
-    expected = codec.Upsampler8to16().process(codec.mulaw_to_pcm(codec.pcm_to_mulaw(caller_8k)))
-    assert bytes(session.audio) == expected[: len(session.audio)]  # the same audio, in fewer messages
-    await call.stop()

@@ -43,9 +43,7 @@ class Calls:
         transfer_to: str | None = None,
         policy: ReconnectPolicy = ReconnectPolicy(),
         max_duration_s: float = 3600.0,
-        model_chunk_ms: int = 20,
     ) -> None:
-        self._model_chunk_ms = model_chunk_ms
         self._connector = connector
         self._policy = policy
         self._max_duration_s = max_duration_s
@@ -76,13 +74,7 @@ class Calls:
                 await caller.redirect(say=APOLOGY, dial=self._transfer_to)
                 return "model_unreachable"
             session = CallSession(
-                caller,
-                model,
-                self._tools,
-                self.bookings,
-                self._transfer_to,
-                self._max_duration_s,
-                self._model_chunk_ms,
+                caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s
             )
             self.active[info.call_sid] = session
             try:

@@ -99,7 +99,6 @@ class CallSession:
         bookings: Any = None,
         transfer_to: str | None = None,
         max_duration_s: float = 3600.0,
-        model_chunk_ms: int = 20,
     ) -> None:
         self.caller = caller
         self.model = model
@@ -115,10 +114,6 @@ class CallSession:
         assert (caller.sample_rate, model.input_rate, model.output_rate) == (8000, 16000, 24000)
         self._up = codec.Upsampler8to16()
         self._down = codec.Downsampler24to8()
-        # Caller audio goes to the model as it comes (20 ms frames) unless told to gather more:
-        # fewer, larger messages cost less CPU and add up to (chunk - 20) ms of delay.
-        self._chunk_bytes = caller.sample_rate * 2 * model_chunk_ms // 1000
-        self._gathered = bytearray()
 
     async def run(self) -> str:
         """Bridge until either side ends; returns why the call ended. Closes the model session."""
@@ -149,7 +144,7 @@ class CallSession:
         async for event in self.caller.events():
             match event:
                 case CallerAudio(pcm=pcm):
-                    await self._to_model(pcm)
+                    await self.model.send_audio(self._up.process(pcm))
                 case CallerDigit(digit=digit):
                     log.info("call.dtmf", digit=digit)
                     await self.model.send_text(f"(The caller pressed {digit})")
@@ -163,14 +158,6 @@ class CallSession:
                 self._after_speech = _AfterSpeech(self.caller.close, "max_duration")
                 await self.model.send_text(TIME_LIMIT_CUE)
         return "caller_hung_up"
-
-    async def _to_model(self, pcm: bytes) -> None:
-        if self._gathered or len(pcm) < self._chunk_bytes:
-            self._gathered += pcm
-            if len(self._gathered) < self._chunk_bytes:
-                return
-            pcm, self._gathered = bytes(self._gathered), bytearray()
-        await self.model.send_audio(self._up.process(pcm))
 
     async def _model_to_caller(self) -> str:
         async for event in self.model.events():
