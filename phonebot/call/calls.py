@@ -58,7 +58,8 @@ class Calls:
         """Start opening the call's model session now; its stream will claim it."""
         if info.call_sid in self._early or info.call_sid in self.active:
             return
-        task = asyncio.create_task(self._open(info), name=f"early model {info.call_sid}")
+        with structlog.contextvars.bound_contextvars(call_sid=info.call_sid):  # the task's logs carry it
+            task = asyncio.create_task(self._open(info), name=f"early model {info.call_sid}")
         expiry = asyncio.get_running_loop().call_later(EARLY_SESSION_TTL_S, self._expire, info.call_sid)
         self._early[info.call_sid] = _Early(task, expiry)
 
