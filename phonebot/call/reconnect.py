@@ -52,6 +52,7 @@ from phonebot.call.ports import (
 log = structlog.get_logger(__name__)
 
 MAX_HISTORY_TURNS = 60
+_AUDIO_BYTES_PER_S = 32000  # what the model takes: 16-bit PCM at 16 kHz
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class ResilientModel:
         self._lock = asyncio.Lock()  # sends and connection swaps, one at a time
         self._outbox: deque[_Message] = deque()
         self._outbox_audio = 0  # bytes of audio in the outbox
-        self._outage_audio = 0  # ... of which not sent yet
+        self._unsent_audio = 0  # ... of which not sent on any connection yet
         self._handle: str | None = None
         self._history: list[HistoryTurn] = []
         self._call_generation: dict[str, int] = {}  # tool call id -> connection that made it
@@ -141,7 +142,7 @@ class ResilientModel:
 
     async def _deliver(self, conn: ModelConnection, generation: int, message: _Message) -> None:
         if message.connection == 0 and message.kind == "audio":
-            self._outage_audio -= len(message.payload)
+            self._unsent_audio -= len(message.payload)
         try:
             if message.kind == "audio":
                 await conn.send_audio(message.payload)
@@ -163,28 +164,25 @@ class ResilientModel:
             return
         size = len(message.payload)
         self._outbox_audio += size
-        if self._conn is None:
-            self._outage_audio += size
-            rate = 32000  # 16-bit PCM at 16 kHz
-            while self._outage_audio > self._policy.outage_audio_s * rate:
+        self._unsent_audio += size
+        if self._conn is None:  # disconnected: keep the newest few seconds of what the caller says
+            while self._unsent_audio > self._policy.outage_audio_s * _AUDIO_BYTES_PER_S:
                 self._drop_oldest_unsent_audio()
-        while self._outbox_audio > self._policy.replay_audio_s * 32000:
+        while self._outbox_audio > self._policy.replay_audio_s * _AUDIO_BYTES_PER_S:
             self._drop(self._outbox.popleft())
 
     def _drop_oldest_unsent_audio(self) -> None:
         for position, message in enumerate(self._outbox):
             if message.connection == 0 and message.kind == "audio":
                 del self._outbox[position]
-                self._outage_audio -= len(message.payload)
-                self._outbox_audio -= len(message.payload)
-                self.dropped_audio_messages += 1
+                self._drop(message)
                 return
 
     def _drop(self, message: _Message) -> None:
         if message.kind == "audio":
             self._outbox_audio -= len(message.payload)
             if message.connection == 0:
-                self._outage_audio -= len(message.payload)
+                self._unsent_audio -= len(message.payload)
                 self.dropped_audio_messages += 1
 
     # -- receiving ---------------------------------------------------------------------------

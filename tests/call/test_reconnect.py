@@ -295,3 +295,30 @@ async def test_consumed_index_trims_the_outbox_exactly(service: Service, gemini:
     await asyncio.sleep(0.05)
     assert bytes(second.audio) == stream.expected(covered_frames)  # frames 30.. were not in the state yet
     await call.stop()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"reconnect_buffer_s": 0.2}], ids=["buffer-0.2s"])
+async def test_a_long_outage_keeps_the_newest_audio_up_to_the_bound(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    stream = CallerStream()
+    call, first = await start(service, gemini, stream, wait_until)
+    await checkpoint(service, first, "h1", wait_until)
+    since = stream.sent
+    await stream.send(call, 10)  # sent on the old connection: replayed whatever happens
+    await first.wait_for_audio(stream.sent * PCM16K_PER_FRAME)
+    gemini.refuse_connections = True
+    await first.close(1011, "Internal error encountered.")
+    await stream.send(call, 50, realtime=True)  # 1 s of talking while the model is unreachable
+    gemini.refuse_connections = False
+    second = await gemini.next_session(timeout=10)
+    await stream.send(call, 5)
+    await wait_until(lambda: bytes(second.audio).endswith(stream.expected(stream.sent - 5)))
+    model = model_of(service)
+    assert 30 <= model.dropped_audio_messages <= 50  # 1 s said, 0.2 s kept (give or take the reconnect)
+    received = bytes(second.audio)
+    assert received.startswith(stream.expected(since, since + 10))  # what the old connection had is kept
+    kept = len(received) // PCM16K_PER_FRAME - 10 - 5
+    assert kept == 50 - model.dropped_audio_messages
+    assert received[10 * PCM16K_PER_FRAME :].startswith(stream.expected(stream.sent - 5 - kept, stream.sent - 5))  # the newest
+    await call.stop()
