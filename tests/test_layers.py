@@ -1,0 +1,43 @@
+"""The house rules that keep a frame's path a straight line, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "phonebot"
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def modules(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("telephony", ("phonebot.gemini", "google")),  # the Twilio side knows nothing of Gemini
+        ("gemini", ("phonebot.telephony", "twilio", "starlette")),  # and the other way round
+        ("tools", ("phonebot.telephony", "phonebot.gemini", "phonebot.call", "twilio", "google")),  # tools: neither
+        ("call", ("phonebot.telephony", "phonebot.gemini", "twilio", "google", "starlette")),  # the call: only the ports
+    ],
+)
+def test_sides_do_not_know_each_other(folder: str, forbidden: tuple[str, ...]) -> None:
+    for path in modules(folder):
+        wrong = {name for name in imports_of(path) if name.startswith(forbidden)}
+        assert not wrong, f"{path.name} imports {wrong}"
+
+
+def test_codec_is_pure() -> None:
+    assert imports_of(PACKAGE / "codec.py") <= {"__future__", "sys", "warnings", "numpy", "audioop"}
