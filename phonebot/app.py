@@ -21,7 +21,7 @@ from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store import Desk, StoreNotReady, open_desk
 from phonebot.telephony.rest import TwilioRest
-from phonebot.telephony.stream import TwilioStream, media_endpoint
+from phonebot.telephony.stream import media_endpoint
 from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS
@@ -73,9 +73,6 @@ def build_app(
     )
     rest = TwilioRest(settings)
 
-    async def run_call(stream: TwilioStream) -> None:
-        await calls.run(stream)
-
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
@@ -96,7 +93,7 @@ def build_app(
     app = Starlette(
         routes=[
             Route("/twilio/voice", voice_endpoint(settings, calls.prepare), methods=["POST"]),
-            WebSocketRoute("/twilio/media", media_endpoint(settings, run_call, rest)),
+            WebSocketRoute("/twilio/media", media_endpoint(settings, calls.run, rest)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],

@@ -31,7 +31,7 @@ SILENT_LINE_CHECK_S = 2.0
 
 log = structlog.get_logger(__name__)
 
-StreamHandler = Callable[["TwilioStream"], Awaitable[None]]
+StreamHandler = Callable[["TwilioStream"], Awaitable[object]]
 
 
 class TwilioStream:
