@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,18 +26,18 @@ from phonebot.telephony.stream import media_endpoint
 from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS
-from phonebot.tools.spec import ToolSpec
+from phonebot.tools.spec import ToolFunction, ToolSpec
 
 log = structlog.get_logger(__name__)
 
 # uvicorn options the service needs. No WebSocket pings: Twilio streams a frame every 20 ms,
 # and the stream notices a silent line by itself; a slow pong must never end a call.
-UVICORN_OPTIONS = {"ws_ping_interval": None, "proxy_headers": True, "log_config": None}
+UVICORN_OPTIONS: dict[str, Any] = {"ws_ping_interval": None, "proxy_headers": True, "log_config": None}
 
 
 def tool_specs(settings: Settings) -> list[ToolSpec]:
     """The tools the model is given; transfer_call only when there is somewhere to transfer to."""
-    functions = [*BOOKING_TOOLS, control.end_call]
+    functions: list[ToolFunction] = [*BOOKING_TOOLS, control.end_call]
     if settings.transfer_number:
         functions.append(control.transfer_call)
     return [ToolSpec.of(function) for function in functions]

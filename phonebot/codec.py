@@ -98,14 +98,14 @@ class Downsampler24to8:
     DELAY_S = (len(TAPS) - 1) / 2 / 24000
 
     def __init__(self) -> None:
-        self._pcm = _PcmStream()
         self._reversed = self.TAPS[::-1].copy()
-        self._history = np.zeros(len(self.TAPS) - 1, dtype=_F64)
-        self._phase = 0  # input samples to skip before the next output sample
+        self.reset()
 
     def reset(self) -> None:
         """Forget the past: the next chunk starts a new stream (e.g. after barge-in)."""
-        self.__init__()
+        self._pcm = _PcmStream()
+        self._history = np.zeros(len(self.TAPS) - 1, dtype=_F64)
+        self._phase = 0  # input samples to skip before the next output sample
 
     def process(self, pcm: bytes) -> bytes:
         x = self._pcm.samples(pcm)
@@ -143,11 +143,12 @@ class Upsampler8to16:
         # Column p holds the taps of output phase p, ordered oldest input sample first.
         self._phases = padded.reshape(-1, self.FACTOR)[::-1].copy()
         self._width = len(self._phases)
-        self._history = np.zeros(self._width - 1, dtype=_F64)
+        self.reset()
 
     def reset(self) -> None:
         """Forget the past: the next chunk starts a new stream."""
-        self.__init__()
+        self._pcm = _PcmStream()
+        self._history = np.zeros(self._width - 1, dtype=_F64)
 
     def process(self, pcm: bytes) -> bytes:
         x = self._pcm.samples(pcm)

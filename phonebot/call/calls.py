@@ -41,11 +41,11 @@ class Calls:
         tools: Sequence[ToolSpec] = (),
         bookings: Any = None,
         transfer_to: str | None = None,
-        policy: ReconnectPolicy = ReconnectPolicy(),
+        policy: ReconnectPolicy | None = None,
         max_duration_s: float = 3600.0,
     ) -> None:
         self._connector = connector
-        self._policy = policy
+        self._policy = policy or ReconnectPolicy()
         self._max_duration_s = max_duration_s
         self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
         self.bookings = bookings  # the booking desk, once the app has opened it

@@ -8,7 +8,7 @@ the side's own rate.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -163,8 +163,11 @@ ModelEvent = (
 class ModelPort(Protocol):
     """One conversation with the model. `events()` ends after `ModelClosed`."""
 
-    input_rate: int
-    output_rate: int
+    @property
+    def input_rate(self) -> int: ...
+
+    @property
+    def output_rate(self) -> int: ...
 
     async def send_audio(self, pcm: bytes) -> None: ...
 
@@ -174,7 +177,7 @@ class ModelPort(Protocol):
     async def send_tool_result(self, call_id: str, name: str, result: dict[str, Any], *, when_idle: bool) -> None:
         """Answer a `ToolCall`. `when_idle`: for a non-blocking tool, speak of it once the bot is quiet."""
 
-    def events(self) -> AsyncIterator[ModelEvent]: ...
+    def events(self) -> AsyncGenerator[ModelEvent, None]: ...
 
     async def close(self) -> None:
         """End the conversation (idempotent)."""

@@ -26,7 +26,7 @@ import json
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -187,7 +187,7 @@ class ResilientModel:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[ModelEvent]:
+    async def events(self) -> AsyncGenerator[ModelEvent, None]:
         while not self._closed:
             conn = self._conn
             assert conn is not None

@@ -7,7 +7,7 @@ messages become `phonebot.call.ports` events here (`wire.parse`) and go no furth
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import structlog
@@ -131,7 +131,7 @@ class LiveSession:
         self.messages_sent += 1
         await self._session.send_tool_response(function_responses=[response])
 
-    async def events(self) -> AsyncIterator[ModelEvent]:
+    async def events(self) -> AsyncGenerator[ModelEvent, None]:
         while True:
             try:
                 raw = await self._ws.recv(decode=False)

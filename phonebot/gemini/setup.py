@@ -31,7 +31,7 @@ def declaration(spec: ToolSpec) -> types.FunctionDeclaration:
     )
 
 
-def history_content(history: Sequence[HistoryTurn]) -> list[types.Content]:
+def history_content(history: Sequence[HistoryTurn]) -> list[types.Content | types.ContentDict]:
     return [types.Content(role="user" if role == "caller" else "model", parts=[types.Part(text=text)]) for role, text in history]
 
 

@@ -57,7 +57,7 @@ class Appointment:
     call_sid: str
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> Appointment:
+    def from_values(cls, values: Mapping[Any, Any]) -> Appointment:
         return cls(**{field.name: values[field.name] for field in fields(cls)})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +108,7 @@ def _start(data: dict[str, Any]) -> Start:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "connected": lambda d: Connected(str(d.get("protocol", ""))),
     "start": _start,
     "media": _media,
@@ -120,7 +121,7 @@ _PARSERS = {
 # -- what we send -------------------------------------------------------------------------
 
 
-def media(stream_sid: str, mulaw: bytes) -> str:
+def media(stream_sid: str, mulaw: bytes | bytearray) -> str:
     payload = binascii.b2a_base64(mulaw, newline=False).decode("ascii")
     return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
 
