@@ -52,6 +52,13 @@ async def checkpoint(service: Service, session: FakeLiveSession, handle: str, wa
     await wait_until(lambda: model_of(service).handle == handle)
 
 
+async def assert_resumed_exactly(session: FakeLiveSession, stream: CallerStream, since: int) -> None:
+    """`session` got every caller frame from `since` on, in order, once: nothing missing, nothing more."""
+    await session.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
+    await asyncio.sleep(0.05)
+    assert bytes(session.audio) == stream.expected(since)
+
+
 async def start(service: Service, gemini: FakeLiveServer, stream: CallerStream, wait_until: Any) -> tuple[FakeTwilioCall, FakeLiveSession]:
     call, session = await answer(service, gemini)
     await session.wait_for_text("Greet")
@@ -74,9 +81,7 @@ async def test_go_away_between_turns(service: Service, gemini: FakeLiveServer, w
     second = await gemini.next_session()
     assert second.resumed_from == "h1"
     await stream.send(call, 25)  # said after the switch
-    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
-    await asyncio.sleep(0.05)
-    assert bytes(second.audio) == stream.expected(since)
+    await assert_resumed_exactly(second, stream, since)
     await asyncio.wait_for(first.closed.wait(), 5)
     assert first.close_code == 1000  # retired cleanly by us, well before its deadline
     assert not [t for t in second.texts if "Greet" in t]
@@ -108,9 +113,7 @@ async def test_go_away_mid_turn_waits_for_the_turn_then_switches(
     second = await gemini.next_session()
     assert second.resumed_from == "h2"
     await stream.send(call, 30)
-    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
-    await asyncio.sleep(0.05)
-    assert bytes(second.audio) == stream.expected(since)
+    await assert_resumed_exactly(second, stream, since)
     await call.stop()
 
 
@@ -127,9 +130,7 @@ async def test_go_away_with_a_turn_that_never_ends_switches_before_the_deadline(
     second = await gemini.next_session(timeout=3)
     assert second.resumed_from == "h1"
     await stream.send(call, 10)
-    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
-    await asyncio.sleep(0.05)
-    assert bytes(second.audio) == stream.expected(since)
+    await assert_resumed_exactly(second, stream, since)
     assert not first.server_close_code  # we left before the service had to close on us
     await call.stop()
 
@@ -152,9 +153,7 @@ async def test_dropped_socket_mid_turn_resumes_with_nothing_lost(
     second = await gemini.next_session()
     assert second.resumed_from == "h1"
     await talking
-    await second.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
-    await asyncio.sleep(0.05)
-    assert bytes(second.audio) == stream.expected(since)  # before, during and after the drop
+    await assert_resumed_exactly(second, stream, since)
     assert model_of(service).dropped_audio_messages == 0
     await call.stop()
 
