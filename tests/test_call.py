@@ -238,3 +238,24 @@ async def test_a_silent_line_ends_the_call(service: Service, gemini: FakeLiveSer
     await asyncio.wait_for(call.closed.wait(), 3)
     await asyncio.wait_for(session.closed.wait(), 3)
     await wait_until(lambda: not service.calls.active)
+
+
+async def test_talking_over_a_turn_the_model_already_finished_stops_it(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    long_turn = audio.tone(440, 24000, 3.0)
+    await session.send_audio(long_turn)  # all of it at once, as Gemini does: faster than it plays
+    await session.send_turn_complete()
+    await call.wait_for_audio(expected_mulaw_bytes(long_turn))
+    await asyncio.sleep(0.5)  # the caller has heard half a second of three
+    sent = time.monotonic()
+    await session.send_input_transcription("Sorry, wait")  # the caller talks over it
+    assert await call.wait_for_clear() - sent < 0.05
+    turn = service.calls.active[FORM["CallSid"]].playback.turns[0]
+    assert turn.interrupted and 300 <= turn.heard_ms <= 700
+    await session.send_input_transcription(" a second")  # more words: nothing left to clear
+    await asyncio.sleep(0.1)
+    assert len(call.clears) == 1
+    await call.stop()

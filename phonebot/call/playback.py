@@ -71,11 +71,18 @@ class Playback:
             turn.heard_samples = max(turn.heard_samples, int(samples))
 
     def interrupt(self) -> BotTurn | None:
-        """The caller barged in: freeze the current turn at what was heard by now."""
+        """The caller barged in: freeze the turn they were hearing at what was heard by now."""
         turn, self._current = self._current, None
+        if turn is None and self.turns and self.playing:
+            turn = self.turns[-1]  # finished generating, still playing
         if turn is not None:
             turn.interrupted = True
         return turn
+
+    @property
+    def generating(self) -> bool:
+        """Whether the model is still sending audio for the current turn."""
+        return self._current is not None
 
     def finish(self) -> BotTurn | None:
         """The model finished the turn; its marks may still be coming back."""

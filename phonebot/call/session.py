@@ -183,6 +183,11 @@ class CallSession:
                     self.tools.cancel(call_ids)
                 case Transcript(role=role, text=text):
                     self.record.add_text(role, text)
+                    if role == "caller" and text.strip() and self.playback.playing and not self.playback.generating:
+                        # The model sends audio faster than it plays and only says `interrupted`
+                        # while generating: a caller talking over the rest of a finished turn is
+                        # heard here, as their words, and stops the bot all the same.
+                        await self._barge_in()
                 case ModelClosed(code=code, reason=reason):
                     log.error("call.model_unreachable", code=code, reason=reason)
                     return "model_unreachable"
