@@ -246,6 +246,7 @@ async def test_talking_over_a_turn_the_model_already_finished_stops_it(
     call, session = await answer(service, gemini)
     await session.wait_for_text("Greet")
     long_turn = audio.tone(440, 24000, 3.0)
+    await session.send_output_transcription("Our opening hours are")
     await session.send_audio(long_turn)  # all of it at once, as Gemini does: faster than it plays
     await session.send_turn_complete()
     await call.wait_for_audio(expected_mulaw_bytes(long_turn))
@@ -253,8 +254,13 @@ async def test_talking_over_a_turn_the_model_already_finished_stops_it(
     sent = time.monotonic()
     await session.send_input_transcription("Sorry, wait")  # the caller talks over it
     assert await call.wait_for_clear() - sent < 0.05
-    turn = service.calls.active[FORM["CallSid"]].playback.turns[0]
+    active = service.calls.active[FORM["CallSid"]]
+    turn = active.playback.turns[0]
     assert turn.interrupted and 300 <= turn.heard_ms <= 700
+    assert [(t.role, t.text, t.interrupted) for t in active.record.turns] == [
+        ("bot", "Our opening hours are", True),  # the record says the caller cut it short
+        ("caller", "Sorry, wait", False),
+    ]
     await session.send_input_transcription(" a second")  # more words: nothing left to clear
     await asyncio.sleep(0.1)
     assert len(call.clears) == 1

@@ -214,8 +214,9 @@ class CallSession:
         await self.caller.clear()  # first: every millisecond here is bot audio talking over the caller
         self._down.reset()
         turn = self.playback.interrupt()
-        if self.record.turns and self.record.turns[-1].role == "bot":
-            self.record.turns[-1].interrupted = True
+        said = next((t for t in reversed(self.record.turns) if t.role == "bot"), None)
+        if said is not None:
+            said.interrupted = True  # the caller may have been transcribed before `interrupted` came
         if turn is not None:
             log.info("call.barge_in", turn=turn.index, heard_ms=round(turn.heard_ms), sent_ms=round(turn.sent_ms))
 
