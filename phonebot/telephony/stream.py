@@ -46,11 +46,10 @@ class TwilioStream:
         self._queued = 0  # mu-law bytes accepted from the call so far
         self._sent = 0  # ... of which sent to Twilio
         self._marks: list[tuple[int, str]] = []  # marks waiting for their audio to be sent
-        self.stopped = False  # Twilio said `stop` (as opposed to the socket just closing)
         self._loop = asyncio.get_running_loop()
         self._last_message = self._loop.time()
         self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
-        self._closing: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None  # held, or the loop may drop the task
 
     @classmethod
     async def accept(cls, websocket: WebSocket, rest: TwilioRest) -> TwilioStream | None:
@@ -85,7 +84,7 @@ class TwilioStream:
                 case messages.Mark(name=name):
                     yield PlaybackMark(name)
                 case messages.Stop():
-                    self.stopped = True
+                    log.info("stream.stop")
                     return
                 case messages.Unknown(event=event):
                     log.warning("stream.unknown_event", event_name=event)
