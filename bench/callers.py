@@ -107,11 +107,9 @@ class Caller(asyncio.Protocol):
         now = time.monotonic()
         if self._head is not None:
             self._head += data
-            end = self._head.find(wire.HEADERS_END)
-            if end < 0:
+            if (split := wire.split_head(self._head)) is None:
                 return
-            head, data = bytes(self._head[:end]), bytes(self._head[end + 4 :])
-            self._head = None
+            (head, data), self._head = split, None
             first, headers = wire.parse_head(head)
             if " 101 " not in first + " " or headers.get("sec-websocket-accept") != self._accept:
                 self._fail(f"upgrade refused: {first} {headers}")

@@ -166,13 +166,11 @@ class _Session(asyncio.Protocol):
         now = time.monotonic()
         if self._head is not None:
             self._head += data
-            end = self._head.find(wire.HEADERS_END)
-            if end < 0:
+            if (split := wire.split_head(self._head)) is None:
                 if len(self._head) > 65536:
                     self._abort()
                 return
-            head, data = bytes(self._head[:end]), bytes(self._head[end + 4 :])
-            self._head = None
+            (head, data), self._head = split, None
             if not self._handshake(head):
                 return
         for opcode, payload in self._reader.feed(data):

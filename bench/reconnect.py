@@ -22,7 +22,6 @@ import random
 import socket
 import statistics
 import tempfile
-import time
 from typing import Any
 
 import uvicorn

@@ -43,6 +43,14 @@ def client_handshake(host: str, path: str, headers: dict[str, str]) -> tuple[byt
     return ("\r\n".join(lines) + "\r\n\r\n").encode(), accept_key(key)
 
 
+def split_head(buffer: bytearray) -> tuple[bytes, bytes] | None:
+    """(HTTP head, the bytes after it) once `buffer` holds the whole head; None until then."""
+    end = buffer.find(HEADERS_END)
+    if end < 0:
+        return None
+    return bytes(buffer[:end]), bytes(buffer[end + len(HEADERS_END) :])
+
+
 def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
     """(first line, lower-cased headers) of an HTTP request or response head."""
     first, *lines = head.decode("latin-1").split("\r\n")
