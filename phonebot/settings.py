@@ -21,6 +21,9 @@ from phonebot.business import DEFAULT_BUSINESS_FILE, BusinessFileError, load_bus
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
 DEFAULT_PROMPT = Path(__file__).parent / "prompts" / "receptionist.md"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./phonebot.db"
+DEFAULT_VOICEMAIL_MESSAGE = (
+    "Hello, sorry we missed you. We'll try you again later, or you can call us back on this number. Goodbye."
+)
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgres": "postgresql+asyncpg",
@@ -54,6 +57,15 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = Field(None, validation_alias="TWILIO_AUTH_TOKEN", repr=False)
     twilio_api_base_url: str | None = Field(None, validation_alias="TWILIO_API_BASE_URL")
     transfer_number: str | None = Field(None, validation_alias="PHONEBOT_TRANSFER_NUMBER")
+    twilio_phone_number: str | None = Field(None, validation_alias="TWILIO_PHONE_NUMBER")
+
+    # The operator API and web calls.
+    api_key: str | None = Field(None, validation_alias="PHONEBOT_API_KEY", repr=False)
+
+    # Finished-call webhook.
+    transcript_webhook_url: str | None = Field(None, validation_alias="TRANSCRIPT_WEBHOOK_URL")
+    transcript_webhook_secret: str | None = Field(None, validation_alias="TRANSCRIPT_WEBHOOK_SECRET", repr=False)
+    webhook_give_up_s: float = Field(86400.0, gt=0, validation_alias="PHONEBOT_WEBHOOK_GIVE_UP_S")
 
     # Booking: the business the bot books for, and where its bookings are kept.
     business_file: Path = Field(DEFAULT_BUSINESS_FILE, validation_alias="PHONEBOT_BUSINESS_FILE")
@@ -62,6 +74,11 @@ class Settings(BaseSettings):
     # Calls.
     reconnect_buffer_s: float = Field(5.0, gt=0, le=60, validation_alias="PHONEBOT_RECONNECT_BUFFER_S")
     max_call_s: float = Field(3600.0, gt=0, validation_alias="PHONEBOT_MAX_CALL_S")
+    max_calls: int = Field(50, ge=1, validation_alias="PHONEBOT_MAX_CALLS")
+    caller_silence_s: float = Field(20.0, gt=0, validation_alias="PHONEBOT_CALLER_SILENCE_S")
+    drain_s: float = Field(300.0, ge=0, validation_alias="PHONEBOT_DRAIN_S")
+    voicemail: Literal["message", "hangup"] = Field("message", validation_alias="PHONEBOT_VOICEMAIL")
+    voicemail_message: str = Field(DEFAULT_VOICEMAIL_MESSAGE, validation_alias="PHONEBOT_VOICEMAIL_MESSAGE")
 
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
@@ -76,7 +93,7 @@ class Settings(BaseSettings):
             raise ValueError("must be the https:// URL Twilio reaches this service at")
         return value.rstrip("/")
 
-    @field_validator("transfer_number")
+    @field_validator("transfer_number", "twilio_phone_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
         if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
@@ -105,13 +122,17 @@ class Settings(BaseSettings):
         "twilio_auth_token",
         "twilio_api_base_url",
         "transfer_number",
+        "twilio_phone_number",
+        "api_key",
+        "transcript_webhook_url",
+        "transcript_webhook_secret",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "voicemail", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
