@@ -307,6 +307,10 @@ class FakeLiveSession:
         text = json.dumps(message)
         await self._ws.send(text.encode() if self._binary_frames else text)
 
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send one frame exactly as given (text for str, binary for bytes): for malformed-message tests."""
+        await self._ws.send(data)
+
     async def send_audio(
         self,
         pcm24k: bytes,
