@@ -246,8 +246,11 @@ async def test_talking_over_a_turn_the_model_already_finished_stops_it(
     call, session = await answer(service, gemini)
     await session.wait_for_text("Greet")
     long_turn = audio.tone(440, 24000, 3.0)
-    await session.send_output_transcription("Our opening hours are")
-    await session.send_audio(long_turn)  # all of it at once, as Gemini does: faster than it plays
+    first_part = 2 * round(0.3 * 24000)  # the words of the first fragment take 0.3 s
+    await session.send_output_transcription("Our opening hours are")  # all at once, as Gemini sends it
+    await session.send_audio(long_turn[:first_part])
+    await session.send_output_transcription(" nine to five.")
+    await session.send_audio(long_turn[first_part:])
     await session.send_turn_complete()
     await call.wait_for_audio(expected_mulaw_bytes(long_turn))
     await asyncio.sleep(0.5)  # the caller has heard half a second of three
@@ -258,7 +261,7 @@ async def test_talking_over_a_turn_the_model_already_finished_stops_it(
     turn = active.playback.turns[0]
     assert turn.interrupted and 300 <= turn.heard_ms <= 700
     assert [(t.role, t.text, t.interrupted) for t in active.record.turns] == [
-        ("bot", "Our opening hours are", True),  # the record says the caller cut it short
+        ("bot", "Our opening hours are", True),  # what they heard, and that they cut it short
         ("caller", "Sorry, wait", False),
     ]
     await session.send_input_transcription(" a second")  # more words: nothing left to clear

@@ -17,8 +17,10 @@ from typing import Any
 
 import structlog
 
+from phonebot.call.playback import Playback
 from phonebot.call.ports import CallerPort, CallInfo, ModelConnector, ModelPort
 from phonebot.call.reconnect import ReconnectPolicy, ResilientModel
+from phonebot.call.record import CallRecord, EndReason, RecordSink
 from phonebot.call.session import APOLOGY, CallSession
 from phonebot.tools.spec import ToolSpec
 
@@ -49,6 +51,7 @@ class Calls:
         self._max_duration_s = max_duration_s
         self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
         self.bookings = bookings  # the booking desk, once the app has opened it
+        self.records: RecordSink | None = None  # where call records go, once the app has opened the store
         self._transfer_to = transfer_to
         self._early: dict[str, _Early] = {}
         self.active: dict[str, CallSession] = {}
@@ -63,7 +66,7 @@ class Calls:
         expiry = asyncio.get_running_loop().call_later(EARLY_SESSION_TTL_S, self._expire, info.call_sid)
         self._early[info.call_sid] = _Early(task, expiry)
 
-    async def run(self, caller: CallerPort) -> str:
+    async def run(self, caller: CallerPort) -> EndReason:
         """Run a call whose stream has started, until it ends. Returns the end reason."""
         info = caller.info
         with structlog.contextvars.bound_contextvars(call_sid=info.call_sid):
@@ -72,10 +75,11 @@ class Calls:
                 model = await self._claim(info)
             except Exception as error:  # noqa: BLE001 - the call fails, never the server
                 log.error("call.model_unreachable", error=repr(error))
+                CallRecord(info.call_sid, Playback(caller.sample_rate), self.records).end(EndReason.MODEL_UNREACHABLE)
                 await caller.redirect(say=APOLOGY, dial=self._transfer_to)
-                return "model_unreachable"
+                return EndReason.MODEL_UNREACHABLE
             session = CallSession(
-                caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s
+                caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s, self.records
             )
             self.active[info.call_sid] = session
             try:

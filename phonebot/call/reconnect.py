@@ -48,6 +48,7 @@ from phonebot.call.ports import (
     ToolCall,
     Transcript,
 )
+from phonebot.call.record import Turn, merge_fragment
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +92,7 @@ class ResilientModel:
         self._outbox_audio = 0  # bytes of audio in the outbox
         self._unsent_audio = 0  # ... of which not sent on any connection yet
         self._handle: str | None = None
-        self._history: list[HistoryTurn] = []
+        self._history: list[Turn] = []
         self._call_generation: dict[str, int] = {}  # tool call id -> connection that made it
         self._generating = False
         self._resumable = asyncio.Event()  # at a point where a switch loses nothing
@@ -252,10 +253,7 @@ class ResilientModel:
             self._drop(self._outbox.popleft())
 
     def _remember(self, role: Literal["caller", "bot"], text: str) -> None:
-        if self._history and self._history[-1][0] == role:
-            self._history[-1] = (role, self._history[-1][1] + text)
-        else:
-            self._history.append((role, text))
+        if merge_fragment(self._history, role, text, offset_ms=0)[1]:
             del self._history[:-MAX_HISTORY_TURNS]
 
     # -- connections -------------------------------------------------------------------------
@@ -270,7 +268,8 @@ class ResilientModel:
                 log.warning("model.resume_refused", reason=str(error))
                 if self._handle == handle:
                     self._handle = None
-        return await self._connector.connect(self._info, history=tuple(self._history)), None
+        history: tuple[HistoryTurn, ...] = tuple((turn.role, turn.text) for turn in self._history)
+        return await self._connector.connect(self._info, history=history), None
 
     async def _adopt(self, conn: ModelConnection) -> None:
         """Make `conn` current: replay the outbox into it, then retire the old connection."""

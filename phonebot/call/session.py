@@ -32,7 +32,8 @@ from phonebot.call.ports import (
     ToolCallCancelled,
     Transcript,
 )
-from phonebot.call.tools import ToolRunner
+from phonebot.call.record import CallRecord, EndReason, RecordSink
+from phonebot.call.tool_runner import ToolRunner
 from phonebot.tools.context import ToolContext
 from phonebot.tools.spec import ToolSpec
 
@@ -48,39 +49,11 @@ ACTION_CAP_S = 30.0
 
 
 @dataclass(slots=True)
-class Turn:
-    role: str
-    text: str
-    offset_ms: int
-    interrupted: bool = False
-
-
-@dataclass(slots=True)
-class CallRecord:
-    """What happened on the call, for logs now and for call records later."""
-
-    started: float = field(default_factory=time.monotonic)
-    turns: list[Turn] = field(default_factory=list)
-    end_reason: str = ""
-
-    def offset_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
-
-    def add_text(self, role: str, text: str) -> None:
-        # Transcription arrives in fragments; a turn is the run of one speaker's fragments.
-        last = self.turns[-1] if self.turns else None
-        if last is not None and last.role == role and not last.interrupted:
-            last.text += text
-        else:
-            self.turns.append(Turn(role, text, self.offset_ms()))
-
-
-@dataclass(slots=True)
 class _AfterSpeech:
     """Something to do once the bot has finished speaking (hang up, transfer)."""
 
     action: Callable[[], Awaitable[None]]
-    end_reason: str
+    end_reason: EndReason
     requested: float = field(default_factory=time.monotonic)
     turn_done: bool = False
 
@@ -99,54 +72,53 @@ class CallSession:
         bookings: Any = None,
         transfer_to: str | None = None,
         max_duration_s: float = 3600.0,
+        sink: RecordSink | None = None,
     ) -> None:
         self.caller = caller
         self.model = model
         self.info = caller.info
-        self.record = CallRecord()
         self.playback = Playback(caller.sample_rate)
+        self.record = CallRecord(self.info.call_sid, self.playback, sink)
         self._transfer_to = transfer_to
         self._deadline = self.record.started + max_duration_s
         self._after_speech: _AfterSpeech | None = None
         context = ToolContext(self.info.call_sid, self.info.caller_number, bookings=bookings, control=self)
-        self.tools = ToolRunner(tools or {}, context, model, self.record.started)
+        self.tools = ToolRunner(tools or {}, context, model, self.record)
         # The codec's resamplers are fixed to the telephone and Gemini rates.
         assert (caller.sample_rate, model.input_rate, model.output_rate) == (8000, 16000, 24000)
         self._up = codec.Upsampler8to16()
         self._down = codec.Downsampler24to8()
 
-    async def run(self) -> str:
+    async def run(self) -> EndReason:
         """Bridge until either side ends; returns why the call ended. Closes the model session."""
         pumps = {
             asyncio.create_task(self._caller_to_model(), name=f"caller->model {self.info.call_sid}"),
             asyncio.create_task(self._model_to_caller(), name=f"model->caller {self.info.call_sid}"),
         }
+        reason = EndReason.SHUTDOWN  # unless a pump ends first
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            self.record.end_reason = _end_reason(done)
+            reason = _end_reason(done)
         finally:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
             await self.tools.aclose()
             await self.model.close()
-        if self.record.end_reason == "model_unreachable":
+            self.record.end(reason)
+        if reason == EndReason.MODEL_UNREACHABLE:
             await self.caller.redirect(say=APOLOGY, dial=self._transfer_to)  # never a silent line
-        log.info(
-            "call.ended",
-            reason=self.record.end_reason,
-            duration_ms=self.record.offset_ms(),
-            bot_turns=len(self.playback.turns),
-        )
-        return self.record.end_reason
+        log.info("call.ended", reason=reason, duration_ms=self.record.offset_ms(), bot_turns=len(self.playback.turns))
+        return reason
 
-    async def _caller_to_model(self) -> str:
+    async def _caller_to_model(self) -> EndReason:
         async for event in self.caller.events():
             match event:
                 case CallerAudio(pcm=pcm):
                     await self.model.send_audio(self._up.process(pcm))
                 case CallerDigit(digit=digit):
                     log.info("call.dtmf", digit=digit)
+                    self.record.digit(digit)
                     await self.model.send_text(f"(The caller pressed {digit})")
                 case PlaybackMark(name=name):
                     self.playback.heard(name)
@@ -155,11 +127,11 @@ class CallSession:
                 return await self._act()
             if now > self._deadline and self._after_speech is None:
                 log.warning("call.time_limit")
-                self._after_speech = _AfterSpeech(self.caller.close, "max_duration")
+                self._after_speech = _AfterSpeech(self.caller.close, EndReason.MAX_DURATION)
                 await self.model.send_text(TIME_LIMIT_CUE)
-        return "caller_hung_up"
+        return EndReason.CALLER_HUNG_UP
 
-    async def _model_to_caller(self) -> str:
+    async def _model_to_caller(self) -> EndReason:
         async for event in self.model.events():
             match event:
                 case BotAudio(pcm=pcm):
@@ -182,7 +154,7 @@ class CallSession:
                 case ToolCallCancelled(call_ids=call_ids):
                     self.tools.cancel(call_ids)
                 case Transcript(role=role, text=text):
-                    self.record.add_text(role, text)
+                    self.record.said(role, text)
                     if role == "caller" and text.strip() and self.playback.playing and not self.playback.generating:
                         # The model sends audio faster than it plays and only says `interrupted`
                         # while generating: a caller talking over the rest of a finished turn is
@@ -190,42 +162,44 @@ class CallSession:
                         await self._barge_in()
                 case ModelClosed(code=code, reason=reason):
                     log.error("call.model_unreachable", code=code, reason=reason)
-                    return "model_unreachable"
-        return "model_unreachable"
+                    return EndReason.MODEL_UNREACHABLE
+        return EndReason.MODEL_UNREACHABLE
 
     # -- CallControl, for the end_call and transfer_call tools ------------------------------
 
     async def end_call(self) -> None:
-        self._after_speech = _AfterSpeech(self.caller.close, "bot_ended")
+        self._after_speech = _AfterSpeech(self.caller.close, EndReason.BOT_ENDED)
 
     async def transfer(self) -> None:
         if self._transfer_to is None:
             raise RuntimeError("no transfer number is set")  # the tool is not offered then
         number = self._transfer_to
-        self._after_speech = _AfterSpeech(lambda: self.caller.redirect(dial=number), "transferred")
+        self._after_speech = _AfterSpeech(lambda: self.caller.redirect(dial=number), EndReason.TRANSFERRED)
 
-    async def _act(self) -> str:
+    async def _act(self) -> EndReason:
         assert self._after_speech is not None
         log.info("call.after_speech", reason=self._after_speech.end_reason)
         await self._after_speech.action()
         return self._after_speech.end_reason
 
     async def _barge_in(self) -> None:
-        await self.caller.clear()  # first: every millisecond here is bot audio talking over the caller
-        self._down.reset()
+        # Freeze the ledger before the `clear` goes out: Twilio answers it by echoing every
+        # pending mark at once, and those echoes are audio thrown away, not heard. (A few
+        # microseconds; then the clear, since every millisecond is bot audio over the caller.)
+        playing = self.playback.playing
         turn = self.playback.interrupt()
-        said = next((t for t in reversed(self.record.turns) if t.role == "bot"), None)
-        if said is not None:
-            said.interrupted = True  # the caller may have been transcribed before `interrupted` came
+        await self.caller.clear()
+        self._down.reset()
+        self.record.cut_short(playing)
         if turn is not None:
             log.info("call.barge_in", turn=turn.index, heard_ms=round(turn.heard_ms), sent_ms=round(turn.sent_ms))
 
 
-def _end_reason(done: set[asyncio.Task[str]]) -> str:
+def _end_reason(done: set[asyncio.Task[EndReason]]) -> EndReason:
     task = next(iter(done))
     if task.cancelled():
-        return "cancelled"
+        return EndReason.SHUTDOWN
     if (error := task.exception()) is not None:
         log.error("call.failed", error=repr(error), exc_info=error)
-        return "error"
+        return EndReason.ERROR
     return task.result()

@@ -122,7 +122,7 @@ async def test_result_reaches_the_model_with_the_callers_number(service: Service
     response = await wait_for_response(session, "c1")
     assert response["name"] == "lookup"
     assert response["response"] == {"name": "Ada", "count": 2, "caller": "+14155550123"}
-    record = service.calls.active[FORM["CallSid"]].tools.records[0]
+    record = service.calls.active[FORM["CallSid"]].record.tool_calls[0]
     assert (record.name, record.args, record.ok) == ("lookup", {"name": "Ada", "count": 2}, True)
     await call.stop()
 
