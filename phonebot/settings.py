@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from phonebot.business import DEFAULT_BUSINESS_FILE, BusinessFileError, load_business
 
-DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
+DEFAULT_MODEL = "gemini-3.8-live"
 DEFAULT_PROMPT = Path(__file__).parent / "prompts" / "receptionist.md"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./phonebot.db"
 DEFAULT_VOICEMAIL_MESSAGE = (
@@ -42,9 +42,11 @@ class MissingSetting(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    # Gemini. The SDK reads its own key and endpoint variables itself; they are here only so
-    # `doctor` can tell whether a key is set.
+    # Gemini. The SDK reads its own key, Vertex AI and endpoint variables itself; they are here
+    # only so that no key is demanded on Vertex AI and `doctor` can tell what is missing.
     google_api_key: str | None = Field(None, validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY"))
+    genai_use_vertexai: str | None = Field(None, validation_alias="GOOGLE_GENAI_USE_VERTEXAI")
+    genai_use_enterprise: str | None = Field(None, validation_alias="GOOGLE_GENAI_USE_ENTERPRISE")
     gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL")
     gemini_voice: str = Field("Kore", validation_alias="GEMINI_VOICE")
     gemini_language: str | None = Field(None, validation_alias="GEMINI_LANGUAGE")
@@ -148,6 +150,13 @@ class Settings(BaseSettings):
             load_dotenv(env_file, override=False)
         return cls()
 
+    @property
+    def vertex_ai(self) -> bool:
+        """Whether google-genai talks to Vertex AI, read as the SDK reads its own variables (its
+        newer GOOGLE_GENAI_USE_ENTERPRISE wins): then Application Default Credentials, no key."""
+        flag = self.genai_use_enterprise if self.genai_use_enterprise is not None else self.genai_use_vertexai
+        return (flag or "").strip().lower() in ("true", "1")
+
     # -- what a request needs -------------------------------------------------------------
 
     @property
@@ -173,8 +182,11 @@ class Settings(BaseSettings):
     def problems(self) -> list[str]:
         """Every problem that would stop a call, at once."""
         found = []
-        if self.google_api_key is None:
-            found.append("GOOGLE_API_KEY (or GEMINI_API_KEY) is not set; it is required for calls")
+        if self.google_api_key is None and not self.vertex_ai:
+            found.append(
+                "GOOGLE_API_KEY (or GEMINI_API_KEY) is not set; it is required for calls "
+                "(or GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI)"
+            )
         if self.public_url is None:
             found.append("PHONEBOT_PUBLIC_URL is not set; it is required for calls")
         if self.twilio_account_sid is None:

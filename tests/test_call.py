@@ -13,6 +13,7 @@ from tests import audio
 from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_media import FakeTwilioCall
+from tests.models import every_family
 from tests.phone import BUSINESS, CALLER, FORM, answer, expected_mulaw_bytes, greet
 
 
@@ -25,11 +26,7 @@ async def test_webhook_answers_twiml_that_connects_the_stream(service: Service) 
         assert f'<Parameter name="{name}" value="{value}" />' in response.text
 
 
-@pytest.mark.parametrize(
-    "settings_overrides",
-    [{}, {"gemini_model": "gemini-3.1-flash-live-preview"}],
-    ids=["gemini-2.5", "gemini-3.x"],
-)
+@every_family()
 async def test_greeting_reaches_the_caller_as_mulaw(service: Service, gemini: FakeLiveServer) -> None:
     call, session = await answer(service, gemini)
     bot_24k = audio.speech(audio.PHRASES["greeting"], 24000)

@@ -14,6 +14,7 @@ from phonebot.settings import MissingSetting, Settings, diagnose
 VARIABLES = (
     "GOOGLE_API_KEY", "GEMINI_API_KEY", "PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
     "GEMINI_TEMPERATURE", "GEMINI_MODEL", "PHONEBOT_PROMPT_FILE", "LOG_LEVEL",
+    "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE",
 )
 
 
@@ -95,3 +96,25 @@ def test_serve_answers_health_checks_without_credentials(tmp_path: Path) -> None
         proc.terminate()
         stderr = proc.communicate(timeout=10)[1]
     assert "settings.problem" in stderr
+
+
+def test_the_default_model_is_gemini_3_8_live() -> None:
+    assert Settings().gemini_model == "gemini-3.8-live"
+    assert "GEMINI_MODEL=gemini-3.8-live\n" in (Path(__file__).parent.parent / ".env.example").read_text()
+
+
+@pytest.mark.parametrize(
+    ("vertexai", "enterprise", "vertex"),
+    [("true", None, True), ("1", None, True), ("True", None, True), ("yes", None, False), ("false", None, False),
+     (None, "true", True), ("true", "false", False), (None, None, False)],
+)
+def test_vertex_ai_is_read_as_the_sdk_reads_it_and_needs_no_key(
+    monkeypatch: pytest.MonkeyPatch, vertexai: str | None, enterprise: str | None, vertex: bool
+) -> None:
+    for name, value in (("GOOGLE_GENAI_USE_VERTEXAI", vertexai), ("GOOGLE_GENAI_USE_ENTERPRISE", enterprise)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.vertex_ai is vertex
+    asks_for_key = any(problem.startswith("GOOGLE_API_KEY") for problem in settings.problems())
+    assert asks_for_key is not vertex

@@ -96,7 +96,11 @@ class BotInterrupted:
 
 @dataclass(frozen=True, slots=True)
 class BotTurnComplete:
-    pass
+    """The model finished an utterance. `idle`: and has nothing more coming. A model that reasons
+    in the background (extended thinking) may speak, call a tool and speak again within one
+    interaction: the bot is done only when it is idle."""
+
+    idle: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,10 @@ class ModelPort(Protocol):
     async def send_tool_result(self, call_id: str, name: str, result: dict[str, Any], *, when_idle: bool) -> None:
         """Answer a `ToolCall`. `when_idle`: for a non-blocking tool, speak of it once the bot is quiet."""
 
+    async def update_instructions(self, instructions: str) -> None:
+        """Replace the bot's instructions for the rest of the call (an answering machine: leave a
+        message instead). Mid-session where the model allows it, else as text it reads."""
+
     def events(self) -> AsyncGenerator[ModelEvent, None]: ...
 
     async def close(self) -> None:
@@ -198,6 +206,11 @@ HistoryTurn = tuple[Literal["caller", "bot"], str]
 
 class ModelConnector(Protocol):
     async def connect(
-        self, info: CallInfo, resume: str | None = None, history: Sequence[HistoryTurn] = ()
+        self,
+        info: CallInfo,
+        resume: str | None = None,
+        history: Sequence[HistoryTurn] = (),
+        instructions: str | None = None,
     ) -> ModelConnection:
-        """Open a connection: fresh, resumed from a `Checkpoint` handle, or seeded with `history`."""
+        """Open a connection: fresh, resumed from a `Checkpoint` handle, or seeded with `history`.
+        `instructions`: what replaced the configured ones during the call, if anything did."""

@@ -16,6 +16,8 @@ A Live connection lasts about ten minutes and networks drop, so the call talks t
 - A refused handle: a fresh connection seeded with the conversation so far.
 - A tool call made on an old connection is answered on the new one as text: the resumed
   state predates the call (no handle is resumable while a tool runs), so its id means nothing there.
+- Instructions replaced mid-call go into every later connection's setup, and through the outbox
+  like any message, so a connection resumed from before the change hears of it too.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class ModelUnreachable(Exception):
 
 @dataclass(slots=True)
 class _Message:
-    kind: Literal["audio", "text", "tool"]
+    kind: Literal["audio", "text", "tool", "instructions"]
     payload: Any  # bytes | str | (call_id, name, result, when_idle, generation that made the call)
     connection: int = 0  # generation of the connection it went out on; 0: not sent yet
     index: int = 0  # its index on that connection
@@ -93,6 +95,7 @@ class ResilientModel:
         self._unsent_audio = 0  # ... of which not sent on any connection yet
         self._handle: str | None = None
         self._history: list[Turn] = []
+        self._instructions: str | None = None  # what replaced the configured instructions
         self._call_generation: dict[str, int] = {}  # tool call id -> connection that made it
         self._generating = False
         self._resumable = asyncio.Event()  # at a point where a switch loses nothing
@@ -135,6 +138,10 @@ class ResilientModel:
         made_on = self._call_generation.pop(call_id, -1)
         await self._send(_Message("tool", (call_id, name, result, when_idle, made_on)))
 
+    async def update_instructions(self, instructions: str) -> None:
+        self._instructions = instructions
+        await self._send(_Message("instructions", instructions))
+
     async def _send(self, message: _Message) -> None:
         async with self._lock:
             self._keep(message)
@@ -149,6 +156,8 @@ class ResilientModel:
                 await conn.send_audio(message.payload)
             elif message.kind == "text":
                 await conn.send_text(message.payload)
+            elif message.kind == "instructions":
+                await conn.update_instructions(message.payload)
             else:
                 call_id, name, result, when_idle, made_on = message.payload
                 if made_on == generation:
@@ -235,7 +244,11 @@ class ResilientModel:
                 self._resumable.clear()
                 if isinstance(event, ToolCall):
                     self._call_generation[event.call_id] = self._generation
-            case BotTurnComplete() | BotInterrupted():
+            case BotTurnComplete(idle=idle):
+                # Extended thinking speaks, works and speaks again: switching between its
+                # utterances would lose what it is working on.
+                self._generating = not idle
+            case BotInterrupted():
                 self._generating = False
             case Transcript(role=role, text=text):
                 self._remember(role, text)
@@ -260,16 +273,16 @@ class ResilientModel:
 
     async def _open(self) -> tuple[ModelConnection, str | None]:
         """A new connection, and the handle it resumed from (None: fresh, seeded with the history)."""
-        handle = self._handle
+        handle, instructions = self._handle, self._instructions
         if handle is not None:
             try:
-                return await self._connector.connect(self._info, resume=handle), handle
+                return await self._connector.connect(self._info, resume=handle, instructions=instructions), handle
             except ResumeRefused as error:
                 log.warning("model.resume_refused", reason=str(error))
                 if self._handle == handle:
                     self._handle = None
         history: tuple[HistoryTurn, ...] = tuple((turn.role, turn.text) for turn in self._history)
-        return await self._connector.connect(self._info, history=history), None
+        return await self._connector.connect(self._info, history=history, instructions=instructions), None
 
     async def _adopt(self, conn: ModelConnection) -> None:
         """Make `conn` current: replay the outbox into it, then retire the old connection."""

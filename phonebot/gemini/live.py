@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -24,7 +25,8 @@ from phonebot.call.ports import (
     ResumeRefused,
 )
 from phonebot.gemini import wire
-from phonebot.gemini.setup import history_content, is_gemini3, live_config
+from phonebot.gemini.capabilities import FALLBACK, Capabilities, capabilities
+from phonebot.gemini.config import call_context, history_content, live_config
 from phonebot.settings import MissingSetting, Settings
 from phonebot.tools.spec import ToolSpec
 
@@ -43,7 +45,8 @@ log = structlog.get_logger(__name__)
 
 
 class GeminiLive:
-    """Opens Live sessions. The SDK reads its key, endpoint and CA bundle from the environment."""
+    """Opens Live sessions. The SDK reads its key or Vertex AI project, endpoint and CA bundle
+    from the environment."""
 
     def __init__(
         self,
@@ -56,32 +59,41 @@ class GeminiLive:
         self._tools = tuple(tools)
         self._business = business
         self._client = client
+        self.capabilities = capabilities(settings.gemini_model)
+        if self.capabilities is FALLBACK:
+            log.warning("model.unknown", model=settings.gemini_model, assumed="gemini-3.8-live")
 
     def client(self) -> genai.Client:
         # Made on first use, so that the service starts (and answers health checks) without a key.
+        # On Vertex AI the SDK finds Application Default Credentials itself.
         if self._client is None:
-            if self._settings.google_api_key is None:
+            if self._settings.google_api_key is None and not self._settings.vertex_ai:
                 raise MissingSetting("GOOGLE_API_KEY", "to talk to Gemini (GEMINI_API_KEY works too)")
             self._client = genai.Client(http_options=types.HttpOptions(async_client_args=KEEPALIVE))
         return self._client
 
     async def connect(
-        self, info: CallInfo, resume: str | None = None, history: Sequence[HistoryTurn] = ()
+        self,
+        info: CallInfo,
+        resume: str | None = None,
+        history: Sequence[HistoryTurn] = (),
+        instructions: str | None = None,
     ) -> LiveSession:
         client = self.client()
+        context = call_context(info, datetime.now(UTC), self._business)
+        system = (instructions or self._settings.prompt()) + context
+        # Vertex AI says which of our messages a handle covers (transparent resumption).
         config = live_config(
-            self._settings, info, self._tools, self._business, resume, bool(history), transparent=client.vertexai
+            self._settings, self.capabilities, system, self._tools, resume, bool(history), transparent=client.vertexai
         )
         stack = contextlib.AsyncExitStack()
         try:
             session = await stack.enter_async_context(
                 client.aio.live.connect(model=self._settings.gemini_model, config=config)
             )
-            live = LiveSession(session, stack)
+            live = LiveSession(session, stack, self.capabilities, context)
             if history:
-                # 3.x ends its history phase with turn_complete (declared in the setup); for 2.5
-                # a complete turn would make the model answer the history, so leave it open.
-                await live.seed(history, complete=is_gemini3(self._settings.gemini_model))
+                await live.seed(history)
         except errors.APIError as error:
             await stack.aclose()
             if resume is not None and error.code in _REFUSED:
@@ -100,15 +112,25 @@ class LiveSession:
     input_rate = INPUT_RATE
     output_rate = OUTPUT_RATE
 
-    def __init__(self, session: genai.live.AsyncSession, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(
+        self,
+        session: genai.live.AsyncSession,
+        stack: contextlib.AsyncExitStack,
+        capabilities: Capabilities,
+        context: str = "",
+    ) -> None:
         self._session = session
         self._ws = session._ws  # the SDK keeps its websocket here; `wire` writes what the SDK would
         self._stack = stack
+        self._capabilities = capabilities
+        self._context = context  # what the system instructions say about this call
         self.messages_sent = 0  # the setup was message 0
 
-    async def seed(self, history: Sequence[HistoryTurn], complete: bool) -> None:
-        """The conversation so far, for a fresh session that could not resume."""
+    async def seed(self, history: Sequence[HistoryTurn]) -> None:
+        """The conversation so far, for a fresh session that could not resume. Declared initial
+        history ends with turn_complete; an open turn stays open, or the model would answer it."""
         self.messages_sent += 1
+        complete = self._capabilities.history == "initial_history"
         await self._session.send_client_content(turns=history_content(history), turn_complete=complete)
 
     async def send_audio(self, pcm: bytes) -> None:
@@ -116,20 +138,27 @@ class LiveSession:
         await self._ws.send(wire.audio_message(pcm))
 
     async def send_text(self, text: str) -> None:
-        # Realtime text, not client_content: 3.x models take client_content only as
-        # history before the conversation starts.
+        # Realtime text on every model (see capabilities.py).
         self.messages_sent += 1
         await self._session.send_realtime_input(text=text)
 
     async def send_tool_result(self, call_id: str, name: str, result: dict[str, Any], *, when_idle: bool) -> None:
+        scheduling = self._capabilities.scheduling(when_idle)
         response = types.FunctionResponse(
             id=call_id,
             name=name,
             response=result,
-            scheduling=types.FunctionResponseScheduling.WHEN_IDLE if when_idle else None,
+            scheduling=types.FunctionResponseScheduling(scheduling) if scheduling else None,
         )
         self.messages_sent += 1
         await self._session.send_tool_response(function_responses=[response])
+
+    async def update_instructions(self, instructions: str) -> None:
+        self.messages_sent += 1
+        if self._capabilities.instructions_update:
+            await self._session.send_context_update(system_instruction=instructions + self._context)
+        else:
+            await self._session.send_realtime_input(text=instructions_cue(instructions))
 
     async def events(self) -> AsyncGenerator[ModelEvent, None]:
         while True:
@@ -151,3 +180,8 @@ class LiveSession:
 
     async def close(self) -> None:
         await self._stack.aclose()
+
+
+def instructions_cue(instructions: str) -> str:
+    """New instructions as text, for a model that cannot take them mid-session."""
+    return f"(New instructions for the rest of this call; they replace your earlier ones: {instructions})"

@@ -27,6 +27,10 @@ from phonebot.call.ports import (
     Transcript,
 )
 
+# interaction_status comes with turnComplete from models that reason in the background: IN_PROGRESS
+# while more may follow, IDLE (formerly REQUIRES_ACTION) when done. Without it, a turn ends it all.
+_DONE = BotTurnComplete(idle=True)
+_MORE_TO_COME = BotTurnComplete(idle=False)
 _AUDIO_HEAD = '{"realtime_input": {"audio": {"data": "'
 _AUDIO_TAIL = '", "mime_type": "audio/pcm;rate=16000"}}}'
 
@@ -68,7 +72,7 @@ def _content(content: dict[str, Any], events: list[ModelEvent]) -> None:
     if text := (content.get("outputTranscription") or {}).get("text"):
         events.append(Transcript("bot", text))
     if content.get("turnComplete"):
-        events.append(BotTurnComplete())
+        events.append(_MORE_TO_COME if content.get("interactionStatus") == "IN_PROGRESS" else _DONE)
 
 
 def _bytes(data: str) -> bytes:

@@ -18,6 +18,7 @@ from tests.call.test_tool_runtime import call_tool
 from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.fakes.twilio_media import FakeTwilioCall
+from tests.models import GEMINI_25, every_family
 from tests.phone import FORM, answer, expected_mulaw_bytes
 
 FRAME = 160  # mu-law bytes per 20 ms
@@ -158,11 +159,7 @@ async def test_dropped_socket_mid_turn_resumes_with_nothing_lost(
     await call.stop()
 
 
-@pytest.mark.parametrize(
-    "settings_overrides",
-    [{}, {"gemini_model": "gemini-3.1-flash-live-preview"}],
-    ids=["gemini-2.5", "gemini-3.x"],
-)
+@every_family("2.5", "3.1", "3.8")
 @pytest.mark.parametrize("how", ["dropped", "goAway"])
 async def test_refused_handle_starts_fresh_with_the_conversation_so_far(
     service: Service, gemini: FakeLiveServer, wait_until: Any, settings_overrides: dict[str, Any], how: str
@@ -187,7 +184,7 @@ async def test_refused_handle_starts_fresh_with_the_conversation_so_far(
         ("user", "I'd like to book a cleaning."),
         ("model", "Of course. What day suits you?"),
     ]
-    gemini3 = bool(settings_overrides)
+    gemini3 = settings_overrides["gemini_model"] != GEMINI_25
     # 3.x takes history only as declared initial history, closed by turnComplete; 2.5 would answer
     # a complete turn, so there it stays open.
     assert bool(second.setup.get("historyConfig")) == gemini3

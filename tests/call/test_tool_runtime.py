@@ -111,8 +111,10 @@ async def test_declarations_come_from_the_functions(service: Service, gemini: Fa
         },
         "required": ["name"],
     }
+    # Every declaration says how it runs: on 3.8 NON_BLOCKING is the default, and a booking the
+    # caller waits for must not become a background job.
     assert tools["background_check"]["behavior"] == "NON_BLOCKING"
-    assert "behavior" not in tools["lookup"]
+    assert tools["lookup"]["behavior"] == "BLOCKING"
     await call.stop()
 
 

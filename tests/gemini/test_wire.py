@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+import pytest
 from google import genai
 from google.genai import live, types
 
@@ -84,3 +85,17 @@ def test_url_safe_audio_and_unknown_fields() -> None:
     assert wire.parse(raw) == [BotAudio(pcm)]
     assert wire.parse('{"setupComplete": {}}') == []
     assert wire.parse('{"sessionResumptionUpdate": {"resumable": false}}') == [Checkpoint("", False, None)]
+
+
+@pytest.mark.parametrize(
+    ("status", "idle"), [(None, True), ("IDLE", True), ("IN_PROGRESS", False), ("REQUIRES_ACTION", True)]
+)
+def test_interaction_status_says_whether_the_bot_is_done(status: str | None, idle: bool) -> None:
+    content: dict[str, Any] = {"turnComplete": True}
+    if status is not None:
+        content["interactionStatus"] = status
+    sdk = _sdk_reading({"serverContent": content})
+    assert sdk.server_content.interaction_status == (types.InteractionStatus(status) if status else None)
+    assert wire.parse(json.dumps({"serverContent": content})) == [BotTurnComplete(idle=idle)]
+    if status != "REQUIRES_ACTION":  # IDLE's deprecated name ("use IDLE instead"); the SDK's helper misses it
+        assert live._is_interaction_complete(sdk.server_content) is idle

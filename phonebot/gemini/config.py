@@ -1,14 +1,15 @@
-"""The Live session's setup: LiveConnectConfig built from settings and the call."""
+"""The Live session's setup: LiveConnectConfig built from settings, the call and the model's capabilities."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.genai import types
 
 from phonebot.business import Business
 from phonebot.call.ports import CallInfo, HistoryTurn
+from phonebot.gemini.capabilities import Capabilities
 from phonebot.settings import Settings
 from phonebot.tools.spec import ToolSpec
 
@@ -22,12 +23,12 @@ def call_context(info: CallInfo, now: datetime, business: Business | None) -> st
     return context + "\n" + business.brief(now)
 
 
-def declaration(spec: ToolSpec) -> types.FunctionDeclaration:
+def declaration(spec: ToolSpec, capabilities: Capabilities) -> types.FunctionDeclaration:
     return types.FunctionDeclaration(
         name=spec.name,
         description=spec.description,
         parameters_json_schema=spec.parameters,
-        behavior=types.Behavior.NON_BLOCKING if spec.options.non_blocking else None,
+        behavior=types.Behavior(capabilities.behaviour(spec.options.non_blocking)),
     )
 
 
@@ -35,21 +36,18 @@ def history_content(history: Sequence[HistoryTurn]) -> list[types.Content | type
     return [types.Content(role="user" if role == "caller" else "model", parts=[types.Part(text=text)]) for role, text in history]
 
 
-def is_gemini3(model: str) -> bool:
-    return "gemini-3" in model
-
-
 def live_config(
     settings: Settings,
-    info: CallInfo,
+    capabilities: Capabilities,
+    instructions: str,
     tools: Sequence[ToolSpec] = (),
-    business: Business | None = None,
     resume: str | None = None,
     seeded: bool = False,
     transparent: bool | None = False,
 ) -> types.LiveConnectConfig:
-    """`resume`: a handle to continue from; `seeded`: history follows as client_content (3.x wants
-    that declared); `transparent`: ask for lastConsumedClientMessageIndex (Vertex only; the
+    """`instructions`: the system instructions, call context included; `resume`: a handle to
+    continue from; `seeded`: history follows as client_content (declared in the setup where the
+    model wants that); `transparent`: ask for lastConsumedClientMessageIndex (Vertex AI only; the
     Gemini API refuses the option)."""
     speech = types.SpeechConfig(
         voice_config=types.VoiceConfig(
@@ -57,19 +55,18 @@ def live_config(
         ),
         language_code=settings.gemini_language,
     )
+    declared_history = seeded and capabilities.history == "initial_history"
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
-        system_instruction=settings.prompt() + call_context(info, datetime.now(UTC), business),
+        system_instruction=instructions,
         speech_config=speech,
         temperature=settings.gemini_temperature,
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
-        tools=[types.Tool(function_declarations=[declaration(spec) for spec in tools])] if tools else None,
+        tools=[types.Tool(function_declarations=[declaration(spec, capabilities) for spec in tools])] if tools else None,
         # Every session can be resumed, and slides its context window so calls outlast the
         # 15-minute limit of an audio session.
         session_resumption=types.SessionResumptionConfig(handle=resume, transparent=transparent or None),
         context_window_compression=types.ContextWindowCompressionConfig(sliding_window=types.SlidingWindow()),
-        history_config=types.HistoryConfig(initial_history_in_client_content=True)
-        if seeded and is_gemini3(settings.gemini_model)
-        else None,
+        history_config=types.HistoryConfig(initial_history_in_client_content=True) if declared_history else None,
     )
