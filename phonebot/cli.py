@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from importlib.metadata import version
 
 from pydantic import ValidationError
 
@@ -80,6 +81,7 @@ def db_upgrade(_args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phonebot", description="Phone calls answered by Gemini Live.")
+    parser.add_argument("--version", action="version", version=f"phonebot {version('phonebot')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the service")
     serve_cmd.add_argument("--host", default="0.0.0.0")
