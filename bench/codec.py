@@ -49,7 +49,9 @@ def per_frame_us() -> dict[str, float]:
 
 
 def quality() -> list[tuple[str, str]]:
-    alias = max(_peak(codec.Downsampler24to8().process(_tone(f, 24000, 1.2)), 8000, 0) for f in (5000, 6000, 7000, 10000))
+    alias = max(
+        _peak(codec.Downsampler24to8().process(_tone(f, 24000, 1.2)), 8000, 0) for f in (5000, 6000, 7000, 10000)
+    )
     images = []
     for f in (300, 1000, 2000, 3400):
         out = codec.Upsampler8to16().process(_tone(f, 8000, 1.2))
@@ -68,7 +70,8 @@ def quality() -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    print(f"phonebot codec benchmark - Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
+    python, machine = platform.python_version(), platform.machine()
+    print(f"phonebot codec benchmark - Python {python}, numpy {np.__version__}, {machine}")
     print()
     print(f"| {'direction (one 20 ms frame)':<34} | {'us/frame':>8} |")
     print(f"|{'-' * 36}|{'-' * 10}|")

@@ -85,7 +85,8 @@ def revision() -> dict:
                                   text=True, timeout=10, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": git("rev-parse", "--short", "HEAD"), "phonebot_dirty": bool(git("status", "--porcelain", "phonebot"))}
+    dirty = bool(git("status", "--porcelain", "phonebot"))
+    return {"commit": git("rev-parse", "--short", "HEAD"), "phonebot_dirty": dirty}
 
 
 def machine() -> dict:
@@ -162,7 +163,7 @@ async def bench(args: argparse.Namespace) -> int:
                 break
     finally:
         await model.stop()
-        out = args.out or RESULTS / f"load-{datetime.now():%Y%m%d-%H%M%S}.json"
+        out = args.out or RESULTS / f"load-{datetime.now().astimezone():%Y%m%d-%H%M%S}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**info, "steps": steps, "verdict": verdict(steps)}, indent=2, allow_nan=False))
         print(f"wrote {out}")

@@ -1,8 +1,8 @@
 """Where the service's CPU goes under load: py-spy, and a summary of what it sampled.
 
 `record()` runs `py-spy record --nonblocking` against the service for the measured window and
-writes collapsed stacks (py-spy's "raw" format). `summarize()` keeps them (for a flame graph) and turns them into shares of the
-sampled CPU time: per function (self and inclusive) and per package of the innermost frame.
+writes collapsed stacks (py-spy's "raw" format). `summarize()` keeps them (for a flame graph) and turns them into
+shares of the sampled CPU time: per function (self and inclusive) and per package of the innermost frame.
 Samples where the service was idle (waiting in epoll) are not taken, so shares are of busy time.
 Time in C code (json, numpy, ssl) counts towards the Python function that called it.
 """
@@ -42,7 +42,10 @@ _BUCKETS = (
     ("resumption bookkeeping (outbox, checkpoints)", ("ResilientModel.",)),
     ("call session logic", ("CallSession.", "Playback.")),
     ("Twilio in: uvicorn's WebSocket protocol", ("WebSocketsSansIOProtocol.",)),
-    ("WebSocket frame parsing (either link)", ("websockets/protocol.py", "websockets/frames.py", "websockets/streams.py")),
+    (
+        "WebSocket frame parsing (either link)",
+        ("websockets/protocol.py", "websockets/frames.py", "websockets/streams.py"),
+    ),
 )
 
 

@@ -95,7 +95,9 @@ async def run(switches: int) -> list[dict[str, Any]]:
         server_ctx, ca = make_tls(tmp)
         async with FakeLiveServer(server_ctx) as gemini:
             os.environ.update(GOOGLE_GEMINI_BASE_URL=gemini.base_url, SSL_CERT_FILE=ca, GOOGLE_API_KEY="bench")
-            settings = Settings(public_url=PUBLIC_URL, twilio_auth_token=TOKEN, twilio_account_sid="AC0", google_api_key="bench")
+            settings = Settings(
+                public_url=PUBLIC_URL, twilio_auth_token=TOKEN, twilio_account_sid="AC0", google_api_key="bench"
+            )
             server, task, port, app = await _serve(settings)
             call = FakeTwilioCall(
                 f"ws://127.0.0.1:{port}/twilio/media",

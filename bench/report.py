@@ -7,13 +7,18 @@ COLUMNS = ("calls  up p50/p99 ms  down p50/p99 ms  barge p50/p99 ms  1st audio p
 
 
 def _pair(summary: dict) -> str:
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
     return f"{fmt(summary['p50'])}/{fmt(summary['p99'])}"
 
 
 def row(step: dict) -> str:
     cpu, rss, frames = step["service_cpu"], step["service_rss"], step["frames"]
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
     return (
         f"{step['calls']:5d}  {_pair(step['caller_to_model_ms']):>14}  {_pair(step['model_to_caller_ms']):>15}"
         f"  {_pair(step['barge_in_ms']):>16}  {_pair(step['first_audio_ms']):>17}"

@@ -11,14 +11,18 @@ from tests.fakes.twilio_media import FakeTwilioCall
 
 CALLER = "+14155550123"
 BUSINESS = "+14155550199"
-FORM = {"CallSid": "CA" + "1" * 32, "From": CALLER, "To": BUSINESS, "Direction": "inbound", "AccountSid": "AC" + "0" * 32}
+FORM = {
+    "CallSid": "CA" + "1" * 32, "From": CALLER, "To": BUSINESS, "Direction": "inbound", "AccountSid": "AC" + "0" * 32
+}
 
 
 def expected_mulaw_bytes(pcm24k: bytes) -> int:
     return -(-len(pcm24k) // 2 // 3)  # one 8 kHz sample per started group of three 24 kHz samples
 
 
-async def answer(service: Service, gemini: FakeLiveServer, **caller_kwargs: Any) -> tuple[FakeTwilioCall, FakeLiveSession]:
+async def answer(
+    service: Service, gemini: FakeLiveServer, **caller_kwargs: Any
+) -> tuple[FakeTwilioCall, FakeLiveSession]:
     """Twilio's sequence for an inbound call: the voice webhook, then the media stream."""
     response = await service.post_voice(FORM)
     assert response.status_code == 200

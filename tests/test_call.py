@@ -1,4 +1,5 @@
-"""End to end over real sockets: fake Twilio caller -> phonebot under uvicorn -> real google-genai SDK -> fake Gemini Live."""
+"""End to end over real sockets: fake Twilio caller -> phonebot under uvicorn -> real google-genai SDK ->
+fake Gemini Live."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ async def test_greeting_reaches_the_caller_as_mulaw(service: Service, gemini: Fa
     await call.wait_for_audio(expected)
     await asyncio.sleep(0.05)
     assert len(call.received_audio) == expected  # nothing more, nothing less
-    sizes = [b - a for (_, a), (_, b) in zip(call.media_times, call.media_times[1:])]
+    sizes = [b - a for (_, a), (_, b) in zip(call.media_times, call.media_times[1:], strict=False)]
     assert set(sizes) == {160}, "every frame but the turn's last is 20 ms"
     reference = audio.sox_resample(bot_24k, 24000, 8000)
     delay = round(codec.Downsampler24to8.DELAY_S * 8000)
@@ -158,7 +159,8 @@ async def test_malformed_messages_are_skipped_without_ending_the_call(
     await call.send_event({"event": "dtmf", "sequenceNumber": "5", "dtmf": {}})
     for n in range(10):  # still flowing: 200 ms of silence, as Twilio frames it
         media = {"track": "inbound", "chunk": str(n + 1), "timestamp": str(20 * n), "payload": "/" * 212 + "/w=="}
-        await call.send_event({"event": "media", "sequenceNumber": str(6 + n), "streamSid": call.stream_sid, "media": media})
+        event = {"event": "media", "sequenceNumber": str(6 + n), "streamSid": call.stream_sid, "media": media}
+        await call.send_event(event)
     await session.wait_for_audio(4 * 1600)
     assert bytes(session.audio) == bytes(4 * 1600)  # mu-law 0xFF is digital silence
     assert not session.closed.is_set() and not call.closed.is_set()
@@ -183,7 +185,9 @@ async def test_webhook_signature_covers_the_form(service: Service) -> None:
 
 
 @pytest.mark.parametrize("signature", [None, "bm90IGEgc2lnbmF0dXJl", "signed-for-another-url"])
-async def test_bad_stream_signature_closes_1008(service: Service, gemini: FakeLiveServer, signature: str | None) -> None:
+async def test_bad_stream_signature_closes_1008(
+    service: Service, gemini: FakeLiveServer, signature: str | None
+) -> None:
     if signature == "signed-for-another-url":
         # What a proxy shows the server is not what Twilio signed: only PHONEBOT_PUBLIC_URL counts.
         signature = FakeTwilioCall.sign("test-auth-token", service.media_url)
@@ -195,7 +199,9 @@ async def test_bad_stream_signature_closes_1008(service: Service, gemini: FakeLi
 
 
 @pytest.mark.parametrize("how", ["stop", "hangup"])
-async def test_hang_up_leaves_nothing_behind(service: Service, gemini: FakeLiveServer, how: str, wait_until: Any) -> None:
+async def test_hang_up_leaves_nothing_behind(
+    service: Service, gemini: FakeLiveServer, how: str, wait_until: Any
+) -> None:
     before = set(asyncio.all_tasks())
     call, session = await answer(service, gemini)
     await session.wait_for_text("Greet")
@@ -224,7 +230,9 @@ async def test_over_long_call_ends_politely(service: Service, gemini: FakeLiveSe
     talking.cancel()
 
 
-async def test_a_silent_line_ends_the_call(service: Service, gemini: FakeLiveServer, monkeypatch: pytest.MonkeyPatch, wait_until: Any) -> None:
+async def test_a_silent_line_ends_the_call(
+    service: Service, gemini: FakeLiveServer, monkeypatch: pytest.MonkeyPatch, wait_until: Any
+) -> None:
     # Twilio streams a frame every 20 ms, silence included: a line with nothing on it is dead.
     from phonebot.telephony import stream
 

@@ -30,7 +30,8 @@ def modules(folder: str) -> list[Path]:
         ("telephony", ("phonebot.gemini", "google")),  # the Twilio side knows nothing of Gemini
         ("gemini", ("phonebot.telephony", "twilio", "starlette")),  # and the other way round
         ("tools", ("phonebot.telephony", "phonebot.gemini", "phonebot.call", "twilio", "google")),  # tools: neither
-        ("call", ("phonebot.telephony", "phonebot.gemini", "twilio", "google", "starlette")),  # the call: only the ports
+        # the call: only the ports
+        ("call", ("phonebot.telephony", "phonebot.gemini", "twilio", "google", "starlette")),
     ],
 )
 def test_sides_do_not_know_each_other(folder: str, forbidden: tuple[str, ...]) -> None:

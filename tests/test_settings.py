@@ -30,7 +30,9 @@ def test_missing_setting_names_the_variable() -> None:
         Settings().require_public_url()
 
 
-def test_doctor_lists_every_problem_at_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_lists_every_problem_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("GEMINI_TEMPERATURE", "hot")
     monkeypatch.setenv("PHONEBOT_PROMPT_FILE", "/nonexistent/prompt.md")
     assert cli.main(["doctor"]) == 1

@@ -213,7 +213,9 @@ class ResilientModel:
                         yield event
             if self._closed or conn is not self._conn:
                 continue
-            log.warning("model.connection_lost", code=closed.code if closed else None, reason=closed.reason if closed else "")
+            log.warning(
+                "model.connection_lost", code=closed.code if closed else None, reason=closed.reason if closed else ""
+            )
             try:
                 await self._reconnect()
             except ModelUnreachable as error:
@@ -312,7 +314,8 @@ class ResilientModel:
                 await self._adopt(conn)
                 if self._generation > 1:
                     self.reconnects += 1
-                    log.info("model.reconnected", attempts=attempt, dropped=self.dropped_audio_messages - dropped_before)
+                    dropped = self.dropped_audio_messages - dropped_before
+                    log.info("model.reconnected", attempts=attempt, dropped=dropped)
                 return
             if attempt == policy.attempts or time.monotonic() - started + delay > policy.budget_s:
                 break

@@ -39,7 +39,9 @@ from phonebot.tools.spec import ToolSpec
 
 log = structlog.get_logger(__name__)
 
-APOLOGY = "We're sorry, we're having technical difficulties and can't take your call right now. Please call again later."
+APOLOGY = (
+    "We're sorry, we're having technical difficulties and can't take your call right now. Please call again later."
+)
 TIME_LIMIT_CUE = "(The call has reached its time limit. Apologise briefly, say goodbye and end the call.)"
 
 # end_call / transfer_call act once the bot's last words have been heard. If the model says

@@ -33,7 +33,10 @@ def declaration(spec: ToolSpec, capabilities: Capabilities) -> types.FunctionDec
 
 
 def history_content(history: Sequence[HistoryTurn]) -> list[types.Content | types.ContentDict]:
-    return [types.Content(role="user" if role == "caller" else "model", parts=[types.Part(text=text)]) for role, text in history]
+    return [
+        types.Content(role="user" if role == "caller" else "model", parts=[types.Part(text=text)])
+        for role, text in history
+    ]
 
 
 def live_config(

@@ -91,7 +91,7 @@ class ToolSpec:
             log.warning("tool.timeout", tool=self.name, timeout_s=self.options.timeout_s)
             message = "That took too long. Apologise and offer to try again or take a message."
             return ToolError("timeout", message).as_result(), False
-        except Exception as error:  # noqa: BLE001 - a broken tool is an error result, never a dead call
+        except Exception as error:  # a broken tool is an error result, never a dead call
             log.error("tool.failed", tool=self.name, error=repr(error), exc_info=error)
             message = "Something went wrong on our side. Apologise and offer to take a message."
             return ToolError("internal", message).as_result(), False

@@ -51,7 +51,8 @@ async def test_a_booking_conversation(service: Service, gemini: FakeLiveServer) 
     times = free["days"][0]["times"]
     assert free["days"][0]["date"] == day.isoformat() and len(times) >= 2
 
-    booked = await ask(session, "book_appointment", service="cleaning", date=day.isoformat(), time=times[0], customer_name="Ada Lovelace")
+    booking = {"service": "cleaning", "date": day.isoformat(), "time": times[0], "customer_name": "Ada Lovelace"}
+    booked = await ask(session, "book_appointment", **booking)
     assert booked["booked"] is True and booked["time"] == times[0]
     reference = booked["reference"]
     assert not set(reference) & set("01OI")  # easy to say and hear
@@ -85,7 +86,8 @@ async def test_errors_the_bot_can_explain(service: Service, gemini: FakeLiveServ
         return response["error"]["code"]
 
     assert await error_of("check_availability", service="tattoo", date_from=day.isoformat()) == "unknown_service"
-    assert await error_of("book_appointment", service="check-up", date=closed.isoformat(), time="10:00", customer_name="Ada") == "closed"
+    booking = {"service": "check-up", "date": closed.isoformat(), "time": "10:00", "customer_name": "Ada"}
+    assert await error_of("book_appointment", **booking) == "closed"
     nothing = await ask(session, "check_availability", service="check-up", date_from=closed.isoformat())
     assert nothing["days"] == [] and "closed on" in nothing["message"] and nothing["next_available"]["times"]
     assert await error_of("check_availability", service="check-up", date_from=past.isoformat()) == "in_past"
@@ -93,10 +95,15 @@ async def test_errors_the_bot_can_explain(service: Service, gemini: FakeLiveServ
     assert await error_of("cancel_booking", reference="ZZZZZZ") == "not_found"
 
     # Two chairs: the third booking at the same time is taken, and the error offers other times.
-    time = (await ask(session, "check_availability", service="check-up", date_from=day.isoformat()))["days"][0]["times"][0]
+    free = await ask(session, "check_availability", service="check-up", date_from=day.isoformat())
+    time = free["days"][0]["times"][0]
     for name in ("Ada", "Bob"):
-        ok = await ask(session, "book_appointment", service="check-up", date=day.isoformat(), time=time, customer_name=name)
+        ok = await ask(
+            session, "book_appointment", service="check-up", date=day.isoformat(), time=time, customer_name=name
+        )
         assert ok["booked"] is True
-    taken = await ask(session, "book_appointment", service="check-up", date=day.isoformat(), time=time, customer_name="Cy")
+    taken = await ask(
+        session, "book_appointment", service="check-up", date=day.isoformat(), time=time, customer_name="Cy"
+    )
     assert taken["error"]["code"] == "taken"
     await call.stop()

@@ -60,7 +60,9 @@ async def assert_resumed_exactly(session: FakeLiveSession, stream: CallerStream,
     assert bytes(session.audio) == stream.expected(since)
 
 
-async def start(service: Service, gemini: FakeLiveServer, stream: CallerStream, wait_until: Any) -> tuple[FakeTwilioCall, FakeLiveSession]:
+async def start(
+    service: Service, gemini: FakeLiveServer, stream: CallerStream, wait_until: Any
+) -> tuple[FakeTwilioCall, FakeLiveSession]:
     call, session = await answer(service, gemini)
     await session.wait_for_text("Greet")
     await stream.send(call, 50)
@@ -275,14 +277,17 @@ async def test_keepalive_never_ends_a_call(service: Service, gemini: FakeLiveSer
     await call.stop()
 
 
-async def test_consumed_index_trims_the_outbox_exactly(service: Service, gemini: FakeLiveServer, wait_until: Any) -> None:
+async def test_consumed_index_trims_the_outbox_exactly(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
     """Where the service says which message a handle covers (Vertex's transparent mode), trust it."""
     stream = CallerStream()
     call, first = await start(service, gemini, stream, wait_until)  # message 1: greeting cue; 2..51: frames 0..49
     assert "transparent" not in str(first.setup)  # the Gemini API refuses the option: never asked there
     covered_frames = 30
     gemini.issued_handles.add("h1")
-    await first.send({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(1 + covered_frames)}})
+    update = {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(1 + covered_frames)}
+    await first.send({"sessionResumptionUpdate": update})
     await wait_until(lambda: model_of(service).handle == "h1")
     await first.send_go_away("10s")
     second = await gemini.next_session()
@@ -316,5 +321,6 @@ async def test_a_long_outage_keeps_the_newest_audio_up_to_the_bound(
     assert received.startswith(stream.expected(since, since + 10))  # what the old connection had is kept
     kept = len(received) // PCM16K_PER_FRAME - 10 - 5
     assert kept == 50 - model.dropped_audio_messages
-    assert received[10 * PCM16K_PER_FRAME :].startswith(stream.expected(stream.sent - 5 - kept, stream.sent - 5))  # the newest
+    newest = stream.expected(stream.sent - 5 - kept, stream.sent - 5)
+    assert received[10 * PCM16K_PER_FRAME :].startswith(newest)
     await call.stop()

@@ -38,7 +38,7 @@ async def test_transfer_call_dials_the_transfer_number(
     await session.send_audio(audio.tone(440, 24000, 0.3))  # "I'll put you through now"
     await session.send_turn_complete()
     await asyncio.wait_for(twilio_rest.changed.wait(), 5)
-    method, path, form = twilio_rest.requests[0]
+    _method, path, form = twilio_rest.requests[0]
     assert path == f"/2010-04-01/Accounts/AC{'0' * 32}/Calls/{FORM['CallSid']}.json"
     assert form["Twiml"].endswith("<Dial>+14155550100</Dial></Response>")
     assert call.played_bytes() >= 2400 - 160  # after the bot finished speaking

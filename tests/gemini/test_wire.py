@@ -53,7 +53,9 @@ def test_server_messages_read_as_the_sdk_reads_them() -> None:
         "serverContent": {
             "interrupted": True,
             "inputTranscription": {"text": "hello"},
-            "modelTurn": {"parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(pcm).decode()}}]},
+            "modelTurn": {
+                "parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(pcm).decode()}}]
+            },
             "outputTranscription": {"text": "hi there"},
             "turnComplete": True,
         },

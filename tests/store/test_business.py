@@ -118,9 +118,9 @@ def test_a_wrong_business_file_says_where(change: dict[str, Any], message: str) 
 
 
 def test_an_unreadable_or_broken_file_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(BusinessFileError, match="missing.toml cannot be read"):
+    with pytest.raises(BusinessFileError, match=r"missing\.toml cannot be read"):
         load_business(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("name = \n")
-    with pytest.raises(BusinessFileError, match="broken.toml is not valid TOML"):
+    with pytest.raises(BusinessFileError, match=r"broken\.toml is not valid TOML"):
         load_business(broken)

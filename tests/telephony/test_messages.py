@@ -51,9 +51,24 @@ def test_media_payload_is_decoded_once_here() -> None:
     ("message", "expected"),
     [
         ({"event": "connected", "protocol": "Call", "version": "1.0.0"}, messages.Connected("Call")),
-        ({"event": "dtmf", "streamSid": "MZ1", "sequenceNumber": "5", "dtmf": {"track": "inbound_track", "digit": "#"}}, messages.Dtmf("#")),
-        ({"event": "mark", "sequenceNumber": "4", "streamSid": "MZ1", "mark": {"name": "0:800"}}, messages.Mark("0:800")),
-        ({"event": "stop", "sequenceNumber": "5", "streamSid": "MZ1", "stop": {"accountSid": "AC1", "callSid": "CA1"}}, messages.Stop()),
+        (
+            {
+                "event": "dtmf", "streamSid": "MZ1", "sequenceNumber": "5",
+                "dtmf": {"track": "inbound_track", "digit": "#"},
+            },
+            messages.Dtmf("#"),
+        ),
+        (
+            {"event": "mark", "sequenceNumber": "4", "streamSid": "MZ1", "mark": {"name": "0:800"}},
+            messages.Mark("0:800"),
+        ),
+        (
+            {
+                "event": "stop", "sequenceNumber": "5", "streamSid": "MZ1",
+                "stop": {"accountSid": "AC1", "callSid": "CA1"},
+            },
+            messages.Stop(),
+        ),
         ({"event": "bogus"}, messages.Unknown("bogus")),
     ],
 )

@@ -74,8 +74,10 @@ async def test_full_times_are_not_offered(ctx: ToolContext) -> None:
         (
             {"service": "root canal", "date_from": "2026-12-01"},
             "unknown_service",
-            "We do not offer 'root canal'. The services are: Check-up (30 minutes), Cleaning (45 minutes), "
-            "Filling (60 minutes).",
+            (
+                "We do not offer 'root canal'. The services are: Check-up (30 minutes), Cleaning (45 minutes), "
+                "Filling (60 minutes)."
+            ),
         ),
         (
             {"service": "exam", "date_from": "next tuesday"},

@@ -71,29 +71,37 @@ async def test_a_phone_given_is_kept_over_the_callers(ctx: ToolContext) -> None:
             "2026-12-06",
             "10:00",
             "closed",
-            "We are closed on Sunday the 6th of December. "
-            "We are open on Monday, Tuesday, Wednesday, Thursday, Friday, Saturday.",
+            (
+                "We are closed on Sunday the 6th of December. "
+                "We are open on Monday, Tuesday, Wednesday, Thursday, Friday, Saturday."
+            ),
         ),
         (
             "2026-12-25",
             "10:00",
             "closed",
-            "We are closed on Friday the 25th of December. "
-            "We are open on Monday, Tuesday, Wednesday, Thursday, Friday, Saturday.",
+            (
+                "We are closed on Friday the 25th of December. "
+                "We are open on Monday, Tuesday, Wednesday, Thursday, Friday, Saturday."
+            ),
         ),
         (
             "2026-12-01",
             "12:15",
             "closed",
-            "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
-            "Filling has to end by closing time.",
+            (
+                "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
+                "Filling has to end by closing time."
+            ),
         ),
         (
             "2026-12-01",
             "11:30",
             "closed",  # would run into the lunch closure
-            "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
-            "Filling has to end by closing time.",
+            (
+                "On Tuesday the 1st of December we are open 9 am to noon and 1 pm to 5 pm, and a 60-minute "
+                "Filling has to end by closing time."
+            ),
         ),
         (
             "2026-11-30",
