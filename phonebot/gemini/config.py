@@ -66,7 +66,9 @@ def live_config(
         temperature=settings.gemini_temperature,
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
-        tools=[types.Tool(function_declarations=[declaration(spec, capabilities) for spec in tools])] if tools else None,
+        tools=(
+            [types.Tool(function_declarations=[declaration(spec, capabilities) for spec in tools])] if tools else None
+        ),
         # Every session can be resumed, and slides its context window so calls outlast the
         # 15-minute limit of an audio session.
         session_resumption=types.SessionResumptionConfig(handle=resume, transparent=transparent or None),

@@ -30,7 +30,10 @@ from tests.conftest import make_settings
         ("gemini-3.8-live", GEMINI_38),
         ("models/gemini-3.8-live", GEMINI_38),
         ("gemini-3.8-live-extended-thinking", GEMINI_38_EXTENDED_THINKING),
-        ("projects/p/locations/us-central1/publishers/google/models/gemini-3.8-live-extended-thinking", GEMINI_38_EXTENDED_THINKING),
+        (
+            "projects/p/locations/us-central1/publishers/google/models/gemini-3.8-live-extended-thinking",
+            GEMINI_38_EXTENDED_THINKING,
+        ),
         ("gemini-3.1-flash-live-preview", GEMINI_31),
         ("gemini-2.5-flash-native-audio-preview-09-2025", GEMINI_25),
         ("gemini-2.5-flash-native-audio-preview-12-2025", GEMINI_25),
