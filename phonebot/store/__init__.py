@@ -1,9 +1,22 @@
-"""Bookings in a database: SQLite by default, PostgreSQL for several replicas.
+"""The database: bookings, calls and their stream tokens. SQLite by default, PostgreSQL for several replicas.
 
-`open_desk(settings)` gives the `Desk` the booking tools use (`ToolContext.bookings`);
-`await desk.close()` releases its connections. `migrate.upgrade()` is `phonebot db upgrade`.
+The service opens one engine (`migrate.open_database`) and shares it: `Desk` (the booking
+tools' `ToolContext.bookings`), `CallStore` (calls and stream tokens). `open_desk(settings)` is a
+desk with an engine of its own. `migrate.upgrade()` is `phonebot db upgrade`.
 """
 
-from phonebot.store.desk import Appointment, Desk, PlaceTaken, StoreNotReady, UnknownBooking, open_desk
+from phonebot.store.calls import CallStore, StoredCall, StreamRefused
+from phonebot.store.desk import Appointment, Desk, PlaceTaken, UnknownBooking, open_desk
+from phonebot.store.migrate import StoreNotReady
 
-__all__ = ["Appointment", "Desk", "PlaceTaken", "StoreNotReady", "UnknownBooking", "open_desk"]
+__all__ = [
+    "Appointment",
+    "CallStore",
+    "Desk",
+    "PlaceTaken",
+    "StoreNotReady",
+    "StoredCall",
+    "StreamRefused",
+    "UnknownBooking",
+    "open_desk",
+]

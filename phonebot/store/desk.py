@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from phonebot.business import Business, Service, load_business, peak_overlap
 from phonebot.store import migrate
-from phonebot.store.engine import exclusive, make_engine
+from phonebot.store.engine import exclusive
 from phonebot.store.reference import new_reference, normalize
 from phonebot.store.tables import bookings
 
@@ -38,10 +38,6 @@ class PlaceTaken(Exception):
 
 class UnknownBooking(Exception):
     """No booked (not cancelled) appointment has that reference."""
-
-
-class StoreNotReady(RuntimeError):
-    """The database schema is behind this version of phonebot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +69,7 @@ class Desk:
         self.engine = engine
 
     async def close(self) -> None:
+        """Dispose of the engine: only for a desk that has one of its own (`open_desk`)."""
         await self.engine.dispose()
 
     async def __aenter__(self) -> Desk:
@@ -233,23 +230,10 @@ class Desk:
 
 
 async def open_desk(settings: Settings) -> Desk:
-    """The desk for `settings`' business file and database, ready to book.
+    """A desk with a database engine of its own (closed with it), the schema ready.
 
-    A SQLite database is brought to the current schema on the spot (created if new): one file,
-    one host, nothing to coordinate. A PostgreSQL database shared by replicas is migrated on
-    purpose, with `phonebot db upgrade`; until then this raises StoreNotReady saying so.
+    The service shares one engine between the desk and everything else (see `phonebot.app`);
+    this is for code that needs the desk alone.
     """
     business = load_business(settings.business_file)
-    engine = make_engine(settings.database_url)
-    try:
-        if engine.dialect.name == "sqlite":
-            await migrate.upgrade(engine)
-        elif (found := await migrate.current(engine)) != migrate.head():
-            raise StoreNotReady(
-                f"the database is at schema revision {found or 'none'}, phonebot needs {migrate.head()}: "
-                "run `phonebot db upgrade`"
-            )
-    except BaseException:
-        await engine.dispose()
-        raise
-    return Desk(business, engine)
+    return Desk(business, await migrate.open_database(settings.database_url))

@@ -55,3 +55,28 @@ bookings = Table(
     Index("ix_bookings_business_starts_at", "business", "starts_at"),
     Index("ix_bookings_phone", "phone"),
 )
+
+
+# A call as the signed webhook (or the API that started it) described it. The stream's own `start`
+# message is never trusted for these: only what Twilio signed, or what phonebot itself created.
+calls = Table(
+    "calls",
+    metadata,
+    Column("call_sid", String(64), primary_key=True),
+    Column("direction", String(16), nullable=False),  # inbound | outbound | web
+    Column("from_number", String(32), nullable=False),
+    Column("to_number", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("stream_started_at", UtcDateTime, nullable=True),  # set once: a call has one stream
+)
+
+# The per-call secret in a stream URL, kept only as its sha256 (a database leak opens no stream).
+stream_tokens = Table(
+    "stream_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("call_sid", String(64), nullable=True),  # an outbound call's is bound once Twilio names the call
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime, nullable=True),
+    Index("ix_stream_tokens_expires_at", "expires_at"),
+)
