@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -20,7 +21,8 @@ from phonebot.call.ports import ModelConnector
 from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
-from phonebot.store import Desk, StoreNotReady, open_desk
+from phonebot.store import CallStore, Desk, StoreNotReady, migrate
+from phonebot.store.engine import make_engine
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.stream import media_endpoint
 from phonebot.telephony.voice import voice_endpoint
@@ -51,13 +53,15 @@ def _business(settings: Settings) -> Business | None:
         return None
 
 
-async def _open_desk(settings: Settings) -> Desk | None:
-    """The booking desk; without one the service still answers calls, and the booking tools say so."""
+async def _make_ready(engine: AsyncEngine) -> bool:
+    """Whether the database is usable. If not, the service still starts (and says why): what needs
+    the database fails on its own, and a database fixed meanwhile is used without a restart."""
     try:
-        return await open_desk(settings)
-    except (StoreNotReady, BusinessFileError, SQLAlchemyError, OSError) as error:
-        log.error("booking.unavailable", reason=str(error))
-        return None
+        await migrate.make_ready(engine)
+    except (StoreNotReady, SQLAlchemyError, OSError) as error:
+        log.error("database.unavailable", reason=str(error))
+        return False
+    return True
 
 
 def build_app(
@@ -73,6 +77,9 @@ def build_app(
         max_duration_s=settings.max_call_s,
     )
     rest = TwilioRest(settings)
+    # One engine for everything the service keeps (calls, stream tokens, bookings): one pool.
+    engine = make_engine(settings.database_url)
+    store = CallStore(engine)
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
@@ -82,19 +89,19 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        desk = await _open_desk(settings) if business is not None else None
-        calls.bookings = desk
+        await _make_ready(engine)
+        # Without a business the service still answers calls, and the booking tools say so.
+        calls.bookings = Desk(business, engine) if business is not None else None
         try:
             yield
         finally:
             await calls.aclose()
-            if desk is not None:
-                await desk.close()
+            await engine.dispose()
 
     app = Starlette(
         routes=[
-            Route("/twilio/voice", voice_endpoint(settings, calls.prepare), methods=["POST"]),
-            WebSocketRoute("/twilio/media", media_endpoint(settings, calls.run, rest)),
+            Route("/twilio/voice", voice_endpoint(settings, store, calls.prepare), methods=["POST"]),
+            WebSocketRoute("/twilio/media/{token}", media_endpoint(settings, store, calls.run, rest)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],
@@ -103,4 +110,5 @@ def build_app(
     )
     app.state.settings = settings
     app.state.calls = calls
+    app.state.store = store
     return app

@@ -4,6 +4,7 @@ real google-genai SDK through its own environment variables, and fake Twilio cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -65,14 +66,15 @@ class Service:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def media_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio/media"
+    def local_url(self, public_url: str) -> str:
+        """Where a `wss://` URL of PHONEBOT_PUBLIC_URL is on this test server."""
+        return public_url.replace("wss://" + PUBLIC_URL.removeprefix("https://"), f"ws://127.0.0.1:{self.port}", 1)
 
-    def caller(self, signature: str | None = "valid", **kwargs: Any) -> FakeTwilioCall:
+    def caller(self, stream_url: str, signature: str | None = "valid", **kwargs: Any) -> FakeTwilioCall:
+        """A Twilio stream to `stream_url` (the wss:// URL of the TwiML), signed as Twilio signs it."""
         if signature == "valid":
-            signature = FakeTwilioCall.sign(AUTH_TOKEN, self.settings.stream_url)
-        return FakeTwilioCall(self.media_url, signature=signature, **kwargs)
+            signature = FakeTwilioCall.sign(AUTH_TOKEN, stream_url)
+        return FakeTwilioCall(self.local_url(stream_url), signature=signature, **kwargs)
 
     async def post_voice(self, form: dict[str, str], signature: str | None = "valid") -> httpx.Response:
         headers = {}
@@ -99,13 +101,9 @@ def extra_tools() -> list[Any] | None:
     return None
 
 
-@pytest.fixture
-async def service(
-    gemini: FakeLiveServer, settings_overrides: dict[str, Any], extra_tools: list[Any] | None
-) -> AsyncIterator[Service]:
-    settings = make_settings(**settings_overrides)
-    logs.configure("debug", "console")
-    tools = None if extra_tools is None else [ToolSpec.of(function) for function in extra_tools]
+@contextlib.asynccontextmanager
+async def running(settings: Settings, tools: list[ToolSpec] | None = None) -> AsyncIterator[Service]:
+    """The app for `settings` under uvicorn on a free port of 127.0.0.1 (one replica)."""
     app = build_app(settings, tools=tools)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -120,6 +118,17 @@ async def service(
         server.should_exit = True
         await task
         sock.close()
+
+
+@pytest.fixture
+async def service(
+    gemini: FakeLiveServer, settings_overrides: dict[str, Any], extra_tools: list[Any] | None
+) -> AsyncIterator[Service]:
+    settings = make_settings(**settings_overrides)
+    logs.configure("debug", "console")
+    tools = None if extra_tools is None else [ToolSpec.of(function) for function in extra_tools]
+    async with running(settings, tools) as service:
+        yield service
 
 
 @pytest.fixture

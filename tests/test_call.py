@@ -4,6 +4,7 @@ fake Gemini Live."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -15,14 +16,14 @@ from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.models import every_family
-from tests.phone import BUSINESS, CALLER, FORM, answer, expected_mulaw_bytes, greet
+from tests.phone import BUSINESS, CALLER, FORM, answer, dial, expected_mulaw_bytes, greet
 
 
 async def test_webhook_answers_twiml_that_connects_the_stream(service: Service) -> None:
     response = await service.post_voice(FORM)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/xml")
-    assert '<Connect><Stream url="wss://bot.example.test/twilio/media">' in response.text
+    assert re.search(r'<Connect><Stream url="wss://bot\.example\.test/twilio/media/[\w-]{43}">', response.text)
     for name, value in (("from", CALLER), ("to", BUSINESS), ("direction", "inbound")):
         assert f'<Parameter name="{name}" value="{value}" />' in response.text
 
@@ -118,20 +119,11 @@ async def test_dtmf_reaches_the_model_as_text(service: Service, gemini: FakeLive
     await call.stop()
 
 
-async def test_stream_without_webhook_opens_its_own_session(service: Service, gemini: FakeLiveServer) -> None:
-    # The webhook may have reached another replica: the stream carries what the call needs.
-    call = service.caller(custom_parameters={"from": CALLER, "to": BUSINESS, "direction": "inbound"})
-    await call.connect()
-    session = await gemini.next_session()
-    await session.wait_for_text("Greet")
-    assert "+14155550123" in str(session.setup)
-    await call.stop()
-
-
 async def test_malformed_messages_are_skipped_without_ending_the_call(
     service: Service, gemini: FakeLiveServer
 ) -> None:
-    call = service.caller(custom_parameters={"from": CALLER})
+    call = await dial(service, custom_parameters={"from": CALLER})
+    session = await gemini.next_session()  # the webhook's
     await call.open_only()
     await call.send_event({"event": "media", "sequenceNumber": "1", "media": {"payload": "//8="}})  # before start
     await call.send_event({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -150,7 +142,6 @@ async def test_malformed_messages_are_skipped_without_ending_the_call(
             },
         }
     )
-    session = await gemini.next_session()
     await call.send_raw("{not json")
     await call.send_raw('["a list"]')
     await call.send_event({"event": "media", "sequenceNumber": "2", "media": {"payload": "***not base64***"}})
@@ -184,18 +175,22 @@ async def test_webhook_signature_covers_the_form(service: Service) -> None:
     assert response.status_code == 403
 
 
-@pytest.mark.parametrize("signature", [None, "bm90IGEgc2lnbmF0dXJl", "signed-for-another-url"])
-async def test_bad_stream_signature_closes_1008(
-    service: Service, gemini: FakeLiveServer, signature: str | None
-) -> None:
+@pytest.mark.parametrize(
+    "signature", [None, "bm90IGEgc2lnbmF0dXJl", "signed-for-another-url", "signed-without-the-token"]
+)
+async def test_bad_stream_signature_closes_1008(service: Service, gemini: FakeLiveServer, signature: str | None) -> None:
+    call = await dial(service)
+    await gemini.next_session()  # the webhook's early session; the stream must open none
     if signature == "signed-for-another-url":
         # What a proxy shows the server is not what Twilio signed: only PHONEBOT_PUBLIC_URL counts.
-        signature = FakeTwilioCall.sign("test-auth-token", service.media_url)
-    call = service.caller(signature=signature)
+        signature = FakeTwilioCall.sign("test-auth-token", call.ws_url)
+    elif signature == "signed-without-the-token":  # the one URL every call had before tokens
+        signature = FakeTwilioCall.sign("test-auth-token", service.settings.stream_url)
+    call.signature = signature
     await call.open_only()
     await asyncio.wait_for(call.closed.wait(), 5)
     assert call.close_code == 1008
-    assert not gemini.sessions
+    assert len(gemini.sessions) == 1
 
 
 @pytest.mark.parametrize("how", ["stop", "hangup"])

@@ -1,8 +1,10 @@
 """The caller's side of a call over a Twilio Media Streams WebSocket.
 
 `TwilioStream` is the `CallerPort` the call talks to: mu-law and `streamSid` stay in here.
-`media_endpoint()` is the Starlette WebSocket route: it checks the handshake signature,
-reads up to Twilio's `start` message and hands the stream to the call side.
+`media_endpoint()` is the Starlette WebSocket route `/twilio/media/{token}`: it checks the
+handshake signature of that URL, reads up to Twilio's `start` message, claims the token for
+`start`'s call (once, for that call only) and hands the stream to the call side, with the call's
+numbers as its signed webhook gave them.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phonebot import codec
 from phonebot.call.ports import CallerAudio, CallerDigit, CallerEvent, CallInfo, Direction, PlaybackMark
 from phonebot.settings import MissingSetting, Settings
+from phonebot.store.calls import CallStore, StoredCall, StreamRefused
 from phonebot.telephony import messages
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.signature import signature_ok
+from phonebot.telephony.voice import media_stream_url
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: what Twilio sends, and what we send back
 SAMPLE_RATE = 8000
@@ -37,8 +43,8 @@ StreamHandler = Callable[["TwilioStream"], Awaitable[object]]
 class TwilioStream:
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, websocket: WebSocket, start: messages.Start, rest: TwilioRest) -> None:
-        self.info = _call_info(start)
+    def __init__(self, websocket: WebSocket, start: messages.Start, info: CallInfo, rest: TwilioRest) -> None:
+        self.info = info
         self.stream_sid = start.stream_sid
         self._ws = websocket
         self._rest = rest
@@ -51,8 +57,8 @@ class TwilioStream:
         self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
         self._closing: asyncio.Task[None] | None = None  # held, or the loop may drop the task
 
-    @classmethod
-    async def accept(cls, websocket: WebSocket, rest: TwilioRest) -> TwilioStream | None:
+    @staticmethod
+    async def read_start(websocket: WebSocket) -> messages.Start | None:
         """Read up to `start`. None if the stream ends first, or says nothing for too long."""
         while True:
             try:
@@ -67,7 +73,7 @@ class TwilioStream:
                 if message.encoding != "audio/x-mulaw" or message.sample_rate != SAMPLE_RATE:
                     log.error("stream.unsupported_format", encoding=message.encoding, rate=message.sample_rate)
                     return None
-                return cls(websocket, message, rest)
+                return message
             if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
                 log.warning("stream.before_start", kind=type(message).__name__.lower())
             elif isinstance(message, messages.Unknown):
@@ -164,37 +170,47 @@ async def _next_message(websocket: WebSocket) -> messages.Message | None:
             log.warning("stream.bad_message", error=str(error), size=len(text))
 
 
-def _call_info(start: messages.Start) -> CallInfo:
-    params = start.custom_parameters
-    direction: Direction = "outbound" if params.get("direction", "").startswith("outbound") else "inbound"
+def _call_info(call: StoredCall) -> CallInfo:
+    # What the signed webhook said (the `calls` row), never what the stream's `start` claims.
     return CallInfo(
-        call_sid=start.call_sid,
-        from_number=params.get("from", ""),
-        to_number=params.get("to", ""),
-        direction=direction,
-        parameters=dict(params),
+        call_sid=call.call_sid,
+        from_number=call.from_number,
+        to_number=call.to_number,
+        direction=cast(Direction, call.direction),
     )
 
 
 def media_endpoint(
-    settings: Settings, on_stream: StreamHandler, rest: TwilioRest
+    settings: Settings, store: CallStore, on_stream: StreamHandler, rest: TwilioRest
 ) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
+        stream_token = websocket.path_params["token"]
         try:
-            token, url = settings.require_auth_token(), settings.stream_url
+            auth_token, url = settings.require_auth_token(), media_stream_url(settings, stream_token)
         except MissingSetting as error:
             log.error("stream.refused", reason=str(error))
             await websocket.close(code=1011, reason=error.variable + " is not set")
             return
         await websocket.accept()
-        if not signature_ok(token, url, {}, websocket.headers.get("x-twilio-signature")):
+        if not signature_ok(auth_token, url, {}, websocket.headers.get("x-twilio-signature")):
             log.warning("stream.bad_signature", client=websocket.client.host if websocket.client else None)
             await websocket.close(code=1008, reason="invalid X-Twilio-Signature")
             return
-        stream = await TwilioStream.accept(websocket, rest)
-        if stream is None:
+        start = await TwilioStream.read_start(websocket)
+        if start is None:
             await websocket.close()
             return
+        try:
+            call = await store.claim_stream(stream_token, start.call_sid)
+        except StreamRefused as refused:
+            log.warning("stream.refused", reason=refused.reason, call_sid=start.call_sid)
+            await websocket.close(code=1008, reason="this stream is not for this call")
+            return
+        except (SQLAlchemyError, OSError) as error:
+            log.error("stream.store_failed", call_sid=start.call_sid, error=repr(error))
+            await websocket.close(code=1011, reason="try again")
+            return
+        stream = TwilioStream(websocket, start, _call_info(call), rest)
         try:
             await on_stream(stream)
         finally:

@@ -1,7 +1,8 @@
 """Twilio's voice webhook: a signed POST per inbound call, answered with TwiML.
 
-The TwiML connects the call to our media stream. What the call needs later (numbers,
-direction) travels as `<Parameter>`s, because the stream may land on another replica.
+The call is recorded as the signed request describes it, and the TwiML connects it to a media
+stream URL with a token of its own (`phonebot.store.calls`): the stream, on whichever replica it
+lands, gets in once, for this call only, and takes the numbers from the record, not from itself.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -16,11 +18,26 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from phonebot.call.ports import CallInfo, Direction
 from phonebot.errors import error_response
 from phonebot.settings import Settings
+from phonebot.store.calls import CallStore
 from phonebot.telephony.signature import signature_ok
 
 log = structlog.get_logger(__name__)
 
 CallHandler = Callable[[CallInfo], None]
+UNAVAILABLE = "Sorry, we can't take your call right now. Please try again later."
+STREAM_TOKEN_TTL_S = 300.0  # Twilio opens the stream about a second after this answers
+
+
+def media_stream_url(settings: Settings, token: str) -> str:
+    """The `wss://` URL of one call's stream, as Twilio is told it and signs it."""
+    return f"{settings.stream_url}/{token}"
+
+
+def say_and_hang_up(text: str) -> str:
+    response = VoiceResponse()
+    response.say(text)
+    response.hangup()
+    return str(response)
 
 
 def stream_twiml(stream_url: str, info: CallInfo) -> str:
@@ -33,7 +50,9 @@ def stream_twiml(stream_url: str, info: CallInfo) -> str:
     return str(response)
 
 
-def voice_endpoint(settings: Settings, on_call: CallHandler) -> Callable[[Request], Awaitable[Response]]:
+def voice_endpoint(
+    settings: Settings, store: CallStore, on_call: CallHandler
+) -> Callable[[Request], Awaitable[Response]]:
     """`on_call` hears of the call as soon as Twilio does, to get the model ready early."""
 
     async def endpoint(request: Request) -> Response:
@@ -49,7 +68,13 @@ def voice_endpoint(settings: Settings, on_call: CallHandler) -> Callable[[Reques
         direction: Direction = "outbound" if form.get("Direction", "").startswith("outbound") else "inbound"
         info = CallInfo(form["CallSid"], form.get("From", ""), form.get("To", ""), direction)
         log.info("voice.incoming", call_sid=info.call_sid, caller=info.from_number, direction=direction)
+        try:
+            await store.add(info.call_sid, info.direction, info.from_number, info.to_number)
+            token = await store.issue_token(info.call_sid, ttl_s=STREAM_TOKEN_TTL_S)
+        except (SQLAlchemyError, OSError) as error:  # the caller hears why, not Twilio's "application error"
+            log.error("voice.store_failed", call_sid=info.call_sid, error=repr(error))
+            return Response(say_and_hang_up(UNAVAILABLE), media_type="application/xml")
         on_call(info)
-        return Response(stream_twiml(settings.stream_url, info), media_type="application/xml")
+        return Response(stream_twiml(media_stream_url(settings, token), info), media_type="application/xml")
 
     return endpoint
