@@ -1,6 +1,7 @@
 """The load generator's callers: Twilio Media Streams clients, cheap enough to run hundreds.
 
-Each `Caller` connects to the service's `/twilio/media` with a valid `X-Twilio-Signature` and
+Each `Caller` first posts the signed voice webhook, as Twilio does, then connects to the stream
+URL of the TwiML it gets back (`/twilio/media/{token}`) with a valid `X-Twilio-Signature` and
 sends Twilio's exact JSON: `connected`, `start` (customParameters from/to/direction), a 160-byte
 mu-law `media` frame every 20 ms against the monotonic clock (deadlines from the stream's start,
 so pacing never drifts), and `stop`. It plays what comes back like Twilio's player (8000 bytes/s),
@@ -17,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import binascii
 import json
+import re
 import secrets
 import time
 from collections import deque
+from urllib.parse import urlencode, urlsplit
 
 from twilio.request_validator import RequestValidator
 
@@ -29,12 +32,35 @@ FRAME_S = 0.02
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 PLAYBACK_BYTES_PER_S = 8000
 USER_AGENT = "Twilio.TmeWs/1.0"
-SIGNED_URL = "wss://bench.invalid/twilio/media"  # PHONEBOT_PUBLIC_URL=https://bench.invalid
+PUBLIC_URL = "https://bench.invalid"  # the service's PHONEBOT_PUBLIC_URL (see bench.service)
+VOICE_PATH = "/twilio/voice"
+_STREAM_URL = re.compile(rb'<Stream url="([^"]+)"')
 
 
-def signature(auth_token: str, signed_url: str = SIGNED_URL) -> str:
+def signature(auth_token: str, signed_url: str) -> str:
     """X-Twilio-Signature of a Media Streams handshake: the wss URL signed with no parameters."""
     return RequestValidator(auth_token).compute_signature(signed_url, {})
+
+
+async def voice_webhook(host: str, port: int, auth_token: str, form: dict[str, str]) -> str:
+    """POST the signed voice webhook as Twilio does; the stream URL of the TwiML it answers."""
+    body = urlencode(form).encode()
+    signed = RequestValidator(auth_token).compute_signature(PUBLIC_URL + VOICE_PATH, form)
+    head = (
+        f"POST {VOICE_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+        f"X-Twilio-Signature: {signed}\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head.encode() + body)
+        answer = await reader.read()  # Connection: close: the answer ends with the socket
+    finally:
+        writer.close()
+    found = _STREAM_URL.search(answer)
+    if found is None:
+        raise ConnectionError(f"the voice webhook answered no stream: {answer[:300]!r}")
+    return found.group(1).decode()
 
 
 def _mulaw_frame() -> bytes:
@@ -49,13 +75,14 @@ _PAYLOAD = binascii.b2a_base64(_mulaw_frame(), newline=False).decode()
 class Caller(asyncio.Protocol):
     """One phone call's Media Stream. Use `dial()`; then `stop_media()`, then `hang_up()`."""
 
-    def __init__(self, index: int, host: str, port: int, path: str, signature: str, to: str = "+15550100") -> None:
+    def __init__(self, index: int, host: str, port: int, auth_token: str, to: str = "+15550100") -> None:
         self.index = index
         self.from_number = f"+1999{index:07d}"
         self.call_sid = "CA" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.account_sid = "AC" + "0" * 32
-        self._host, self._port, self._path, self._signature, self._to = host, port, path, signature, to
+        self._host, self._port, self._auth_token, self._to = host, port, auth_token, to
+        self._path = self._signature = ""  # the stream's, once the webhook has answered
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._head: bytearray | None = bytearray()
@@ -80,7 +107,11 @@ class Caller(asyncio.Protocol):
         self._marks: deque[tuple[float, str]] = deque()  # (when it has played, name)
 
     async def dial(self) -> None:
-        """Connect, upgrade, send `connected` and `start`, and start streaming frames."""
+        """The webhook; then connect, upgrade, send `connected` and `start`, and start streaming frames."""
+        form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.from_number,
+                "To": self._to, "Direction": "inbound", "CallStatus": "ringing"}
+        stream_url = await voice_webhook(self._host, self._port, self._auth_token, form)
+        self._path, self._signature = urlsplit(stream_url).path, signature(self._auth_token, stream_url)
         await self._loop.create_connection(lambda: self, self._host, self._port)
         await self.opened
 

@@ -23,9 +23,11 @@ import socket
 import statistics
 import tempfile
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
+from bench.callers import PUBLIC_URL, voice_webhook
 from phonebot import codec, logs
 from phonebot.app import UVICORN_OPTIONS, build_app
 from phonebot.settings import Settings
@@ -33,7 +35,6 @@ from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession, make_tls
 from tests.fakes.twilio_media import FakeTwilioCall
 
 TOKEN = "bench-token"
-PUBLIC_URL = "https://bench.invalid"
 FRAME, PCM_PER_FRAME = 160, 640
 
 
@@ -96,13 +97,16 @@ async def run(switches: int) -> list[dict[str, Any]]:
         async with FakeLiveServer(server_ctx) as gemini:
             os.environ.update(GOOGLE_GEMINI_BASE_URL=gemini.base_url, SSL_CERT_FILE=ca, GOOGLE_API_KEY="bench")
             settings = Settings(
-                public_url=PUBLIC_URL, twilio_auth_token=TOKEN, twilio_account_sid="AC0", google_api_key="bench"
+                public_url=PUBLIC_URL, twilio_auth_token=TOKEN, twilio_account_sid="AC0", google_api_key="bench",
+                database_url=f"sqlite+aiosqlite:///{tmp}/phonebot.db",
             )
             server, task, port, app = await _serve(settings)
+            form = {"CallSid": "CA" + "1" * 32, "From": "+14155550123", "To": "+14155550199", "Direction": "inbound"}
+            stream_url = await voice_webhook("127.0.0.1", port, TOKEN, form)
             call = FakeTwilioCall(
-                f"ws://127.0.0.1:{port}/twilio/media",
-                signature=FakeTwilioCall.sign(TOKEN, settings.stream_url),
-                custom_parameters={"from": "+14155550123", "direction": "inbound"},
+                f"ws://127.0.0.1:{port}{urlsplit(stream_url).path}",
+                signature=FakeTwilioCall.sign(TOKEN, stream_url),
+                call_sid=form["CallSid"],
             )
             await call.connect()
             session = await gemini.next_session()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench import profile
-from bench.callers import FRAME_S, Caller, signature
+from bench.callers import FRAME_S, Caller
 from bench.fake_model import FakeModel
 from bench.figures import DOWN, MODEL_BLOCK, step_figures, summary
 from bench.service import Neighbours, ProcStats
@@ -24,7 +24,6 @@ P99_LIMIT_MS = 20.0
 LOADGEN_LIMIT_PCT = 90.0  # above this the load generator, not the service, may be what is slow
 AUTH_TOKEN = "bench-auth-token"
 ACCOUNT_SID = "AC" + "0" * 32
-MEDIA_PATH = "/twilio/media"
 WARMUP_S = 2.0
 SETTLE_S = 2.0
 DRAIN_S = 3.0
@@ -66,11 +65,10 @@ class Step:
                  stats: ProcStats | None, workdir: Path, service_core: int | None = None) -> None:
         self.n, self.args, self.model, self.host, self.port = n, args, model, host, port
         self.stats, self.workdir, self.service_core = stats, workdir, service_core
-        self.signature = signature(AUTH_TOKEN)
         self.me = ProcStats(os.getpid())
 
     def caller(self, index: int) -> Caller:
-        return Caller(index, self.host, self.port, MEDIA_PATH, self.signature)
+        return Caller(index, self.host, self.port, AUTH_TOKEN)
 
     async def warm_up(self) -> None:
         """One short call, so the first of the N does not pay for imports and the SDK's client."""
