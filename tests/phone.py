@@ -43,7 +43,9 @@ async def dial(service: Service, form: dict[str, str] = FORM, **caller_kwargs: A
     return service.caller(stream_url(response.text), **caller_kwargs)
 
 
-async def answer(service: Service, gemini: FakeLiveServer, **caller_kwargs: Any) -> tuple[FakeTwilioCall, FakeLiveSession]:
+async def answer(
+    service: Service, gemini: FakeLiveServer, **caller_kwargs: Any
+) -> tuple[FakeTwilioCall, FakeLiveSession]:
     """Twilio's sequence for an inbound call: the voice webhook, then the media stream."""
     call = await dial(service, **caller_kwargs)
     session = await gemini.next_session()  # opened by the webhook, before the stream exists

@@ -178,7 +178,9 @@ async def test_webhook_signature_covers_the_form(service: Service) -> None:
 @pytest.mark.parametrize(
     "signature", [None, "bm90IGEgc2lnbmF0dXJl", "signed-for-another-url", "signed-without-the-token"]
 )
-async def test_bad_stream_signature_closes_1008(service: Service, gemini: FakeLiveServer, signature: str | None) -> None:
+async def test_bad_stream_signature_closes_1008(
+    service: Service, gemini: FakeLiveServer, signature: str | None
+) -> None:
     call = await dial(service)
     await gemini.next_session()  # the webhook's early session; the stream must open none
     if signature == "signed-for-another-url":

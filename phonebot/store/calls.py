@@ -124,8 +124,9 @@ class CallStore:
         raise StreamRefused(await self._refusal(digest, call_sid, now))
 
     async def _refusal(self, digest: str, call_sid: str, now: datetime) -> str:
+        token_query = select(stream_tokens).where(stream_tokens.c.token_hash == digest)
         async with self.engine.connect() as connection:
-            token = (await connection.execute(select(stream_tokens).where(stream_tokens.c.token_hash == digest))).first()
+            token = (await connection.execute(token_query)).first()
             call = (await connection.execute(select(calls).where(calls.c.call_sid == call_sid))).first()
         if token is None:
             return "unknown_token"
