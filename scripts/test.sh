@@ -7,6 +7,12 @@ need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+# tests/deploy builds and runs the container image (podman, runc, debootstrap; see
+# tests/deploy/podman.py) and checks the systemd units (systemd-analyze).
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
