@@ -46,8 +46,7 @@ def require_tools() -> None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         raise PodmanError(
-            f"{', '.join(missing)} not found: apt-get install podman runc debootstrap "
-            "(scripts/test.sh and .ci/run do)"
+            f"{', '.join(missing)} not found: apt-get install podman runc debootstrap (scripts/test.sh and .ci/run do)"
         )
     if os.geteuid() != 0:
         raise PodmanError("building the image needs root (debootstrap, rootful podman), as CI runs")
@@ -69,9 +68,7 @@ def debian_release() -> tuple[str, str]:
     one_line = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
     for path in one_line:
         if path.is_file():
-            for match in re.finditer(
-                r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", path.read_text(), re.MULTILINE
-            ):
+            for match in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", path.read_text(), re.MULTILINE):
                 if match.group(2) == codename:
                     return codename, match.group(1)
     raise PodmanError(f"no Debian mirror for {codename!r} found in /etc/apt/sources.list*")
@@ -90,9 +87,7 @@ class Podman:
         self.conf.write_text(CONTAINERS_CONF)
         # podman's run state (locks, sockets) wants a short path (at most 50 characters) on a
         # filesystem a reboot empties; one per storage, as podman checks they stay paired.
-        self.state = (
-            Path("/run/phonebot-test-podman") / hashlib.sha256(bytes(self.home.resolve())).hexdigest()[:12]
-        )
+        self.state = Path("/run/phonebot-test-podman") / hashlib.sha256(bytes(self.home.resolve())).hexdigest()[:12]
 
     def command(self, *args: str) -> list[str]:
         return [
@@ -118,14 +113,10 @@ class Podman:
             **kwargs,  # type: ignore[call-overload]
         )
         if check and result.returncode != 0:
-            raise PodmanError(
-                f"podman {' '.join(args[:2])} failed ({result.returncode}):\n{result.stderr[-4000:]}"
-            )
+            raise PodmanError(f"podman {' '.join(args[:2])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result  # type: ignore[no-any-return]
 
-    async def arun(
-        self, *args: str, timeout: float = 120, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    async def arun(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`run` off the event loop, so the fakes serving on it keep going meanwhile."""
         return await asyncio.to_thread(self.run, *args, timeout=timeout, check=check)
 

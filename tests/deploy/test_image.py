@@ -40,9 +40,7 @@ async def test_image_is_a_non_root_service_with_nothing_to_build_with(podman: Po
     assert config["Cmd"][0] == "serve"
     port = config["Cmd"][config["Cmd"].index("--port") + 1]
     assert f"HEALTHCHECK_URL=http://127.0.0.1:{port}/healthz" in config["Env"]
-    health = json.loads(
-        (await podman.arun("image", "inspect", "--format", "{{json .HealthCheck}}", image)).stdout
-    )
+    health = json.loads((await podman.arun("image", "inspect", "--format", "{{json .HealthCheck}}", image)).stdout)
     assert "HEALTHCHECK_URL" in " ".join(health["Test"])
 
     probe = await podman.arun("run", "--rm", "--entrypoint", "python3", image, "-c", PROBE)
@@ -53,14 +51,19 @@ async def test_image_is_a_non_root_service_with_nothing_to_build_with(podman: Po
     assert found["phonebot"] == "/opt/phonebot/bin/phonebot"
 
 
+def _process(pid: str) -> tuple[list[str], str]:
+    """(real, effective, saved and filesystem uids, command line) of a process, seen from the host."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    return uids, Path(f"/proc/{pid}/cmdline").read_text()
+
+
 async def test_container_serves_as_non_root_with_its_state_in_the_state_directory(
     container: Container,
 ) -> None:
-    pid = await container.inspect("{{.State.Pid}}")
-    status = Path(f"/proc/{pid}/status").read_text()
-    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    uids, command = _process(await container.inspect("{{.State.Pid}}"))
     assert set(uids) == {str(APP_UID)}, f"the serving process runs as {uids}"
-    assert "--port" in Path(f"/proc/{pid}/cmdline").read_text()  # it is phonebot itself, as PID 1
+    assert "--port" in command  # it is phonebot itself, as the container's first process
     # The image's own HEALTHCHECK command passes against the running service.
     health = await container.podman.arun("healthcheck", "run", container.id, check=False)
     assert health.returncode == 0, health.stdout + health.stderr

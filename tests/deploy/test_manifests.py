@@ -209,9 +209,7 @@ def _routes_to(ingress: dict[str, Any], path: str) -> bool:
             prefix = entry["path"].rstrip("/")
             if entry["pathType"] == "Exact" and path == entry["path"]:
                 return True
-            if entry["pathType"] == "Prefix" and (
-                path == prefix or path.startswith(prefix + "/") or not prefix
-            ):
+            if entry["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/") or not prefix):
                 return True
     return False
 
@@ -256,9 +254,7 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_hadolint_rejects_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y gcc\nCMD phonebot serve\n")
-    result = subprocess.run(
-        [_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "DL3007" in result.stdout  # the `latest` tag
 
@@ -282,8 +278,7 @@ def test_compose_file_matches_the_compose_specification() -> None:
     schema = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = [
-        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(_compose())
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(_compose())
     ]
     assert errors == []
     wrong = _compose()
