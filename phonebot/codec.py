@@ -14,6 +14,10 @@ The taps are rounded to multiples of 2**-24. With 16-bit integer samples every
 product and every partial sum is then an exact float64, so the result does not
 depend on summation order: streamed output is bit-identical to one-shot output
 whatever the chunk sizes.
+
+That is also what bounds their memory: a chunk longer than `MAX_BLOCK_SAMPLES` is
+filtered in blocks of that size, so the float64 working arrays stay under ~100 kB
+per resampler whatever one is fed, and the output is the same bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ __all__ = [
 
 _TAP_STEP = 2.0**-24  # tap resolution that keeps every float64 sum exact
 _F64 = np.dtype(np.float64)
+# 4096 input samples: 0.17 s of 24 kHz, 0.5 s of 8 kHz; an ordinary 20-40 ms chunk is one block.
+MAX_BLOCK_SAMPLES = 4096
 
 
 def mulaw_to_pcm(mulaw: bytes) -> bytes:
@@ -109,8 +115,11 @@ class Downsampler24to8:
 
     def process(self, pcm: bytes) -> bytes:
         x = self._pcm.samples(pcm)
-        if not len(x):
-            return b""
+        if len(x) <= MAX_BLOCK_SAMPLES:
+            return self._block(x) if len(x) else b""
+        return b"".join(self._block(x[i : i + MAX_BLOCK_SAMPLES]) for i in range(0, len(x), MAX_BLOCK_SAMPLES))
+
+    def _block(self, x: np.ndarray) -> bytes:
         buf = np.concatenate((self._history, x), dtype=_F64)
         count = max(0, (len(x) - self._phase + self.FACTOR - 1) // self.FACTOR)
         # One row per output sample: the filter's window ending at that input sample.
@@ -152,8 +161,11 @@ class Upsampler8to16:
 
     def process(self, pcm: bytes) -> bytes:
         x = self._pcm.samples(pcm)
-        if not len(x):
-            return b""
+        if len(x) <= MAX_BLOCK_SAMPLES:
+            return self._block(x) if len(x) else b""
+        return b"".join(self._block(x[i : i + MAX_BLOCK_SAMPLES]) for i in range(0, len(x), MAX_BLOCK_SAMPLES))
+
+    def _block(self, x: np.ndarray) -> bytes:
         buf = np.concatenate((self._history, x), dtype=_F64)
         windows = np.ndarray((len(x), self._width), dtype=_F64, buffer=buf, strides=(8, 8))
         out = np.dot(windows, self._phases).ravel()  # rows interleave the phases: y[2n], y[2n+1]

@@ -122,3 +122,25 @@ def test_bot_speech_snr_is_what_mulaw_allows() -> None:
 def test_mulaw_roundtrip_is_g711() -> None:
     assert codec.pcm_to_mulaw(b"\x00\x00") == b"\xff"  # G.711 mu-law encodes silence as 0xFF
     assert len(codec.mulaw_to_pcm(bytes(160))) == 320
+
+
+@pytest.mark.parametrize("make", [codec.Downsampler24to8, codec.Upsampler8to16])
+def test_memory_stays_bounded_whatever_one_chunk_holds(make: type[codec.Downsampler24to8]) -> None:
+    """An 8 MiB chunk (a peer's mistake or attack) costs its input and output, not a float64 matrix
+    of it; and the bytes are the same as those of ordinary 20 ms chunks."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    pcm = rng.integers(-32768, 32767, 4 * 1024 * 1024, dtype="<i2").tobytes()
+    resampler = make()
+    tracemalloc.start()
+    try:
+        out = resampler.process(pcm)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    working = peak - 2 * len(out)  # the output, and its blocks before they are joined
+    assert working < 2 * 1024 * 1024, f"{working / 2**20:.1f} MiB beyond the output"
+    streamer = make()
+    frame = 960 if make is codec.Downsampler24to8 else 320
+    assert b"".join(streamer.process(pcm[i : i + frame]) for i in range(0, len(pcm), frame)) == out
