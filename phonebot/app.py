@@ -23,6 +23,7 @@ from phonebot.gemini.live import GeminiLive
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store import CallStore, Desk, StoreNotReady, migrate
 from phonebot.store.engine import make_engine
+from phonebot.telephony import messages
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.stream import media_endpoint
 from phonebot.telephony.voice import voice_endpoint
@@ -34,7 +35,13 @@ log = structlog.get_logger(__name__)
 
 # uvicorn options the service needs. No WebSocket pings: Twilio streams a frame every 20 ms,
 # and the stream notices a silent line by itself; a slow pong must never end a call.
-UVICORN_OPTIONS: dict[str, Any] = {"ws_ping_interval": None, "proxy_headers": True, "log_config": None}
+# ws_max_size: a larger message is refused before it is read (close 1009), on every route.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "ws_ping_interval": None,
+    "proxy_headers": True,
+    "log_config": None,
+    "ws_max_size": messages.MAX_MESSAGE_BYTES,
+}
 
 
 def tool_specs(settings: Settings) -> list[ToolSpec]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -44,6 +45,17 @@ def drop_secrets(_logger: Any, _method: str, event: EventDict) -> EventDict:
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written (a logger made earlier keeps working when
+    it is replaced, as test runners do)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: str | None = None) -> None:
     """Set up structlog (and stdlib logging, for uvicorn's own lines) once per process."""
     if fmt is None:
@@ -61,7 +73,7 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, format="%(message)s", stream=sys.stderr)
@@ -69,3 +81,31 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+class Skipped:
+    """What one call skipped of a peer's input, counted by kind, with its warnings rate-limited:
+    the first of each kind is logged at once, then at most one line per kind every `every_s`,
+    carrying the count so far. A peer that sends garbage 50 times a second costs a line now
+    and then, not a line a frame. (Where a metric of skipped input would be recorded.)"""
+
+    def __init__(self, logger: Any, every_s: float = 10.0) -> None:
+        self._log = logger
+        self._every_s = every_s
+        self.counts: dict[str, int] = {}
+        self._quiet_until: dict[str, float] = {}
+
+    def warning(self, event: str, **fields: Any) -> None:
+        count = self.counts[event] = self.counts.get(event, 0) + 1
+        now = time.monotonic()
+        if now < self._quiet_until.get(event, 0.0):
+            return
+        self._quiet_until[event] = now + self._every_s
+        self._log.warning(event, count=count, **fields)
+
+    def report(self, event: str) -> None:
+        """One line with every count (when the call or connection ends), then start over."""
+        if self.counts:
+            self._log.warning(event, skipped=self.counts)
+            self.counts = {}
+            self._quiet_until.clear()

@@ -43,11 +43,16 @@ async def dial(service: Service, form: dict[str, str] = FORM, **caller_kwargs: A
     return service.caller(stream_url(response.text), **caller_kwargs)
 
 
+def another_caller(n: int) -> dict[str, str]:
+    """The webhook form of another inbound call, from another number."""
+    return {**FORM, "CallSid": "CA" + f"{n:x}" * 32, "From": f"+1415555{n:04d}"}
+
+
 async def answer(
-    service: Service, gemini: FakeLiveServer, **caller_kwargs: Any
+    service: Service, gemini: FakeLiveServer, form: dict[str, str] = FORM, **caller_kwargs: Any
 ) -> tuple[FakeTwilioCall, FakeLiveSession]:
     """Twilio's sequence for an inbound call: the voice webhook, then the media stream."""
-    call = await dial(service, **caller_kwargs)
+    call = await dial(service, form, **caller_kwargs)
     session = await gemini.next_session()  # opened by the webhook, before the stream exists
     await call.connect()
     return call, session
@@ -60,21 +65,43 @@ async def greet(session: FakeLiveSession, pcm24k: bytes, chunk_bytes: int = 4801
     await session.send_turn_complete()
 
 
+class Intact:
+    """The good call in a test of bad input: checks that everything it carries arrives whole.
+
+    All caller audio and all model audio of the call go through `both_ways()`, so the exact bytes
+    each side must have received are known: the caller's frames (noise, every frame unique)
+    upsampled to 16 kHz at the model, the model's 24 kHz turns downsampled to mu-law at the phone.
+    Nothing lost, nothing extra, nothing reordered.
+    """
+
+    def __init__(self, call: FakeTwilioCall, session: FakeLiveSession, seed: int = 0) -> None:
+        self.call = call
+        self.session = session
+        self._rng = random.Random(seed)
+        self._caller_sent = bytearray()  # mu-law
+        self._bot_sent = bytearray()  # 24 kHz PCM
+
+    async def both_ways(self, frames: int = 10, realtime: bool = False, timeout: float = 5.0) -> None:
+        caller = bytes(self._rng.randrange(256) for _ in range(frames * 160))
+        bot = audio.tone(440, 24000, frames * 0.02)
+        self._bot_sent += bot
+        await asyncio.gather(self.call.send_audio(caller, realtime=realtime), self._say(bot))
+        self._caller_sent += caller
+        at_model = codec.Upsampler8to16().process(codec.mulaw_to_pcm(bytes(self._caller_sent)))
+        at_phone = codec.pcm_to_mulaw(codec.Downsampler24to8().process(bytes(self._bot_sent)))
+        await self.session.wait_for_audio(len(at_model), timeout=timeout)
+        await self.call.wait_for_audio(len(at_phone), timeout=timeout)
+        await asyncio.sleep(0.05)  # and nothing more comes
+        assert bytes(self.session.audio) == at_model, "caller audio lost or changed on its way to the model"
+        assert bytes(self.call.received_audio) == at_phone, "bot audio lost or changed on its way to the phone"
+        assert not self.call.errors
+
+    async def _say(self, pcm24k: bytes) -> None:
+        await self.session.send_audio(pcm24k)
+        await self.session.send_turn_complete()
+
+
 async def assert_lossless(call: FakeTwilioCall, session: FakeLiveSession, frames: int = 25, seed: int = 0) -> None:
-    """The call carries audio both ways and loses nothing: `frames` frames of caller noise (every
-    frame unique) reach the model exactly, and a bot turn reaches the caller byte for byte.
-    Only for a call's first audio either way (the resamplers' state is then known)."""
-    rng = random.Random(seed)
-    mulaw = bytes(rng.randrange(256) for _ in range(frames * 160))
-    to_model = codec.Upsampler8to16().process(codec.mulaw_to_pcm(mulaw))
-    bot = audio.tone(440, 24000, 0.2)
-    to_caller = codec.pcm_to_mulaw(codec.Downsampler24to8().process(bot))
-    await call.send_audio(mulaw, realtime=False)
-    await session.send_audio(bot)
-    await session.send_turn_complete()
-    await session.wait_for_audio(len(to_model))
-    await call.wait_for_audio(len(to_caller))
-    await asyncio.sleep(0.05)  # and nothing more comes
-    assert bytes(session.audio) == to_model
-    assert bytes(call.received_audio) == to_caller
-    assert not call.errors
+    """The call carries audio both ways and loses nothing. Only for a call's first audio either way
+    (the resamplers' state is then known); for more, keep an `Intact`."""
+    await Intact(call, session, seed).both_ways(frames)

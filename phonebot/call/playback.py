@@ -9,9 +9,13 @@ the turn is frozen: marks that come back after the `clear` are for audio thrown 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MARK_EVERY_MS = 100
+# Our mark names, and only those: ASCII digits of sane length ("²" is a digit to str.isdigit(),
+# and 5000 digits are more than int() takes).
+_OUR_MARK = re.compile(r"(\d{1,9}):(\d{1,15})", re.ASCII)
 
 
 @dataclass(slots=True)
@@ -63,12 +67,14 @@ class Playback:
         return f"{turn.index}:{turn.sent_samples}"
 
     def heard(self, mark: str) -> None:
-        index, _, samples = mark.partition(":")
-        if not (index.isdigit() and samples.isdigit()) or int(index) >= len(self.turns):
-            return  # not one of ours
-        turn = self.turns[int(index)]
+        """A mark came back: its audio has played. Names that are not ours are ignored."""
+        ours = _OUR_MARK.fullmatch(mark)
+        if ours is None or int(ours[1]) >= len(self.turns):
+            return
+        turn = self.turns[int(ours[1])]
         if not turn.interrupted:
-            turn.heard_samples = max(turn.heard_samples, int(samples))
+            # Never more than was sent: a forged mark cannot claim the caller heard more.
+            turn.heard_samples = max(turn.heard_samples, min(int(ours[2]), turn.sent_samples))
 
     def interrupt(self) -> BotTurn | None:
         """The caller barged in: freeze the turn they were hearing at what was heard by now."""

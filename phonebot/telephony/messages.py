@@ -2,6 +2,11 @@
 
 Twilio sends every number (sequenceNumber, chunk, timestamp) as a string; audio is
 base64 mu-law. Inside phonebot audio is bytes, so decoding happens here, once.
+
+Whatever arrives is data that may be wrong: `parse` returns a message or raises
+`ProtocolError` (whose text never echoes the input), never anything else. Sizes are bounded
+before any work is done on them: a WebSocket message by the server (`MAX_MESSAGE_BYTES`, which
+the app gives uvicorn), a media payload here, before it is decoded.
 """
 
 from __future__ import annotations
@@ -12,9 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# Twilio sends one 20 ms frame (160 bytes) per message; a few frames' worth is the most we take.
+MAX_MEDIA_BYTES = 5 * 160
+_MAX_PAYLOAD_CHARS = -(-MAX_MEDIA_BYTES // 3) * 4  # its base64 length, checked before decoding
+# The largest message is `start` (customParameters are capped at 500 characters by Twilio):
+# 64 KiB is far beyond any real message, and far below uvicorn's 16 MiB default.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MARK_NAME = 64  # ours are "turn:samples"; Twilio echoes them back unchanged
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+_MAX_SHOWN = 80  # characters of an error or event name that may reach a log line
+
 
 class ProtocolError(ValueError):
-    """A message that is not valid Media Streams JSON."""
+    """A message that is not valid Media Streams JSON. Its text is short and never echoes the input."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,29 +81,40 @@ Message = Connected | Start | Media | Dtmf | Mark | Stop | Unknown
 def parse(text: str | bytes) -> Message:
     try:
         data = json.loads(text)
-    except ValueError as error:
-        raise ProtocolError(f"not JSON: {error}") from None
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        raise ProtocolError("not JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("not a JSON object")
     event = data.get("event")
     parser = _PARSERS.get(event) if isinstance(event, str) else None
     if parser is None:
-        return Unknown(str(event))
+        return Unknown(_clip(str(event)))
     try:
         return parser(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ProtocolError(f"bad {event!r} message: {error!r}") from None
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+        raise ProtocolError(f"bad {event!r} message: {_clip(repr(error))}") from None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
 def _media(data: dict[str, Any]) -> Media:
     media = data["media"]
+    payload = media["payload"]
+    if not isinstance(payload, str):
+        raise TypeError("payload is not a string")
+    if len(payload) > _MAX_PAYLOAD_CHARS:  # refused before a byte of it is decoded
+        raise ProtocolError(f"media payload of {len(payload)} base64 characters; at most {MAX_MEDIA_BYTES} bytes")
     try:
-        mulaw = binascii.a2b_base64(media["payload"], strict_mode=True)
+        mulaw = binascii.a2b_base64(payload, strict_mode=True)
     except binascii.Error as error:
         raise ValueError(f"payload is not base64: {error}") from None
     return Media(
         mulaw=mulaw,
-        track=media.get("track", "inbound"),
+        track=str(media.get("track", "inbound")),
         chunk=int(media.get("chunk", 0)),
         timestamp_ms=int(media.get("timestamp", 0)),
     )
@@ -108,12 +134,26 @@ def _start(data: dict[str, Any]) -> Start:
     )
 
 
+def _dtmf(data: dict[str, Any]) -> Dtmf:
+    digit = data["dtmf"]["digit"]
+    if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+        raise ProtocolError("dtmf digit is not one of 0-9 * # A-D")
+    return Dtmf(digit)
+
+
+def _mark(data: dict[str, Any]) -> Mark:
+    name = data["mark"]["name"]
+    if not isinstance(name, str) or len(name) > MAX_MARK_NAME:
+        raise ProtocolError(f"mark name is not a string of at most {MAX_MARK_NAME} characters")
+    return Mark(name)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any]], Message]] = {
-    "connected": lambda d: Connected(str(d.get("protocol", ""))),
+    "connected": lambda d: Connected(_clip(str(d.get("protocol", "")))),
     "start": _start,
     "media": _media,
-    "dtmf": lambda d: Dtmf(str(d["dtmf"]["digit"])),
-    "mark": lambda d: Mark(str(d["mark"]["name"])),
+    "dtmf": _dtmf,
+    "mark": _mark,
     "stop": lambda d: Stop(),
 }
 

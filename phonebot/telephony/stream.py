@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phonebot import codec
 from phonebot.call.ports import CallerAudio, CallerDigit, CallerEvent, CallInfo, Direction, PlaybackMark
+from phonebot.logs import Skipped
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store.calls import CallStore, StoredCall, StreamRefused
 from phonebot.telephony import messages
@@ -43,8 +44,16 @@ StreamHandler = Callable[["TwilioStream"], Awaitable[object]]
 class TwilioStream:
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, websocket: WebSocket, start: messages.Start, info: CallInfo, rest: TwilioRest) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        start: messages.Start,
+        info: CallInfo,
+        rest: TwilioRest,
+        skipped: Skipped | None = None,
+    ) -> None:
         self.info = info
+        self.skipped = skipped or Skipped(log)  # bad messages from the caller's side, counted
         self.stream_sid = start.stream_sid
         self._ws = websocket
         self._rest = rest
@@ -58,12 +67,12 @@ class TwilioStream:
         self._closing: asyncio.Task[None] | None = None  # held, or the loop may drop the task
 
     @staticmethod
-    async def read_start(websocket: WebSocket) -> messages.Start | None:
+    async def read_start(websocket: WebSocket, skipped: Skipped) -> messages.Start | None:
         """Read up to `start`. None if the stream ends first, or says nothing for too long."""
         while True:
             try:
                 async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
-                    message = await _next_message(websocket)
+                    message = await _next_message(websocket, skipped)
             except TimeoutError:
                 log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
                 return None
@@ -75,15 +84,15 @@ class TwilioStream:
                     return None
                 return message
             if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
-                log.warning("stream.before_start", kind=type(message).__name__.lower())
+                skipped.warning("stream.before_start", kind=type(message).__name__.lower())
             elif isinstance(message, messages.Unknown):
-                log.warning("stream.unknown_event", event_name=message.event)
+                skipped.warning("stream.unknown_event", event_name=message.event)
 
     async def events(self) -> AsyncIterator[CallerEvent]:
-        while (message := await _next_message(self._ws)) is not None:
+        while (message := await _next_message(self._ws, self.skipped)) is not None:
             self._last_message = self._loop.time()
             match message:
-                case messages.Media(mulaw=mulaw, track="inbound"):
+                case messages.Media(mulaw=mulaw, track="inbound") if mulaw:
                     yield CallerAudio(codec.mulaw_to_pcm(mulaw))
                 case messages.Dtmf(digit=digit):
                     yield CallerDigit(digit)
@@ -93,9 +102,9 @@ class TwilioStream:
                     log.info("stream.stop")
                     return
                 case messages.Unknown(event=event):
-                    log.warning("stream.unknown_event", event_name=event)
+                    self.skipped.warning("stream.unknown_event", event_name=event)
                 case messages.Start() | messages.Connected():
-                    log.warning("stream.repeated_handshake", kind=type(message).__name__.lower())
+                    self.skipped.warning("stream.repeated_handshake", kind=type(message).__name__.lower())
 
     async def play(self, pcm: bytes) -> None:
         self._unframed += codec.pcm_to_mulaw(pcm)
@@ -141,9 +150,8 @@ class TwilioStream:
 
     async def close(self) -> None:
         self._watchdog.cancel()
-        if self._ws.application_state != WebSocketState.DISCONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the caller went first
-                await self._ws.close()
+        self.skipped.report("stream.skipped_messages")
+        await _close(self._ws)
 
     async def _send_due_marks(self) -> None:
         # A mark goes out right behind the frame that carries the last byte before it.
@@ -157,17 +165,31 @@ class TwilioStream:
                 await self._ws.send_text(text)
 
 
-async def _next_message(websocket: WebSocket) -> messages.Message | None:
-    """The next well-formed message; None when the socket closes. Bad ones are logged and skipped."""
+async def _close(websocket: WebSocket) -> None:
+    if websocket.application_state != WebSocketState.DISCONNECTED:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the caller (or uvicorn) went first
+            await websocket.close()
+
+
+async def _next_message(websocket: WebSocket, skipped: Skipped) -> messages.Message | None:
+    """The next well-formed message; None when the socket closes. Bad ones are counted and skipped."""
     while True:
         try:
-            text = await websocket.receive_text()
+            received = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
             return None
+        if received["type"] == "websocket.disconnect":
+            if received.get("code") == 1009:  # uvicorn refused a message over ws_max_size
+                log.warning("stream.message_too_big", limit=messages.MAX_MESSAGE_BYTES)
+            return None
+        text = received.get("text")
+        if text is None:  # Twilio sends only text frames
+            skipped.warning("stream.binary_frame", size=len(received.get("bytes") or b""))
+            continue
         try:
             return messages.parse(text)
         except messages.ProtocolError as error:
-            log.warning("stream.bad_message", error=str(error), size=len(text))
+            skipped.warning("stream.bad_message", error=str(error), size=len(text))
 
 
 def _call_info(call: StoredCall) -> CallInfo:
@@ -196,9 +218,10 @@ def media_endpoint(
             log.warning("stream.bad_signature", client=websocket.client.host if websocket.client else None)
             await websocket.close(code=1008, reason="invalid X-Twilio-Signature")
             return
-        start = await TwilioStream.read_start(websocket)
+        skipped = Skipped(log)
+        start = await TwilioStream.read_start(websocket, skipped)
         if start is None:
-            await websocket.close()
+            await _close(websocket)
             return
         try:
             call = await store.claim_stream(stream_token, start.call_sid)
@@ -210,7 +233,7 @@ def media_endpoint(
             log.error("stream.store_failed", call_sid=start.call_sid, error=repr(error))
             await websocket.close(code=1011, reason="try again")
             return
-        stream = TwilioStream(websocket, start, _call_info(call), rest)
+        stream = TwilioStream(websocket, start, _call_info(call), rest, skipped)
         try:
             await on_stream(stream)
         finally:

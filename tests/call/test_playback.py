@@ -39,3 +39,13 @@ def test_foreign_marks_are_ignored() -> None:
     for name in ("", "x", "7:100", "0:abc"):
         playback.heard(name)
     assert playback.turns == []
+
+
+def test_marks_that_look_like_ours_but_are_not_are_ignored() -> None:
+    playback = Playback(8000)
+    playback.sent(1600)
+    for name in ("²:1", "0:²", "٣:1", "0:" + "9" * 5000, "9" * 5000 + ":1", "0:1:2", " 0:1", "0:800\n"):
+        playback.heard(name)  # none of them raises
+    assert playback.turns[0].heard_samples == 0
+    playback.heard("0:" + "9" * 15)
+    assert playback.turns[0].heard_samples == 800  # never more than was sent

@@ -177,9 +177,9 @@ class FakeTwilioCall:
 
     # ----- sending ------------------------------------------------------------------------------
 
-    async def send_raw(self, text: str) -> None:
-        """Send any text frame (for bad-JSON tests)."""
-        await self._connection().send(text)
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send any frame: text for str, binary for bytes (for malformed-message tests)."""
+        await self._connection().send(data)
 
     async def send_event(self, message: dict[str, Any]) -> None:
         """Send any JSON message as-is (no sequenceNumber added)."""

@@ -1,0 +1,158 @@
+"""Whatever the caller's side sends, over a real socket to the running app, costs at most that
+message (or that call), never the call's audio or another call. Each test keeps a good call
+measuring that nothing it sends or receives is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from typing import Any
+
+import pytest
+
+from phonebot.telephony import messages
+from tests.conftest import Service
+from tests.fakes.gemini_live import FakeLiveServer
+from tests.fakes.twilio_media import FakeTwilioCall
+from tests.phone import FORM, Intact, another_caller, answer
+
+
+def _media(call: FakeTwilioCall, payload: str) -> dict[str, Any]:
+    media = {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}
+    return {"event": "media", "sequenceNumber": "9", "streamSid": call.stream_sid, "media": media}
+
+
+async def test_a_binary_frame_is_skipped(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    await call.send_raw(b"\x00\x01binary")
+    await call.send_raw(json.dumps(_media(call, "//8=")).encode())  # even valid JSON: Twilio sends text
+    await intact.both_ways()
+    assert service.calls.active[FORM["CallSid"]].caller.skipped.counts == {"stream.binary_frame": 2}
+    await call.stop()
+
+
+async def test_marks_that_are_not_ours_are_ignored(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    await intact.both_ways()
+    playback = service.calls.active[FORM["CallSid"]].playback
+    await wait_until(lambda: playback.turns[0].heard_samples == playback.turns[0].sent_samples)
+    for name in ("²:1", "0:" + "9" * 5000, "1:" + "9" * 12, "٣:1", "0:-5", "x" * 10_000, "0:1:2", "1:" + "9" * 16):
+        await call.send_event({"event": "mark", "sequenceNumber": "9", "streamSid": call.stream_sid, "mark": {"name": name}})
+    await intact.both_ways()
+    await wait_until(lambda: all(turn.heard_samples == turn.sent_samples for turn in playback.turns))
+    await asyncio.sleep(0.1)
+    assert len(playback.turns) == 2
+    assert all(turn.heard_samples == turn.sent_samples for turn in playback.turns)  # never more than was sent
+    await call.stop()
+
+
+async def test_a_media_payload_over_a_few_frames_is_refused_before_decoding(
+    service: Service, gemini: FakeLiveServer
+) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    big = base64.b64encode(b"\x00" * (messages.MAX_MEDIA_BYTES + 3)).decode()
+    for _ in range(20):
+        await call.send_event(_media(call, big))
+    await intact.both_ways()  # the model got exactly the good frames: none of the oversized ones
+    assert service.calls.active[FORM["CallSid"]].caller.skipped.counts == {"stream.bad_message": 20}
+    await call.stop()
+
+
+async def test_a_message_over_the_cap_ends_only_its_own_call(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    other, other_session = await answer(service, gemini, another_caller(2))
+    await wait_until(lambda: other.call_sid in service.calls.active)
+    huge = json.dumps(_media(other, "A" * (messages.MAX_MESSAGE_BYTES + 1)))
+    await other.send_raw(huge)
+    await asyncio.wait_for(other.closed.wait(), 5)
+    assert other.close_code == 1009  # refused by the server before it was read
+    await asyncio.wait_for(other_session.closed.wait(), 5)
+    assert len(other_session.audio) == 0
+    await intact.both_ways()
+    await call.stop()
+
+
+async def test_dtmf_is_a_keypad_digit_or_nothing(
+    service: Service, gemini: FakeLiveServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    flood = "7" * (messages.MAX_MESSAGE_BYTES - 200)  # the most one message can hold; beyond, see the cap's test
+    for digit in ("1", flood, "12", "x", "", "a", "٣", 5, None, ["1"], "A", "#", "*"):
+        await call.send_event({"event": "dtmf", "sequenceNumber": "9", "streamSid": call.stream_sid, "dtmf": {"digit": digit}})
+    await intact.both_ways()
+    await session.wait_for_text("pressed *")
+    pressed = [text for text in session.texts if "pressed" in text]
+    assert pressed == [f"(The caller pressed {digit})" for digit in ("1", "A", "#", "*")]
+    await call.stop()
+    logged = capfd.readouterr().err
+    assert "7" * 50 not in logged  # the flood reached neither the model nor the log
+
+
+async def test_bad_messages_are_counted_and_their_warnings_rate_limited(
+    service: Service, gemini: FakeLiveServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    for n in range(300):
+        await call.send_raw("{not json" if n % 2 else '{"event": "media", "media": 5}')
+    await intact.both_ways()
+    await call.stop()
+    await asyncio.wait_for(session.closed.wait(), 5)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "stream.bad_message" in line]
+    assert 1 <= len(lines) <= 3, lines  # the first at once, then one per interval, then the summary
+    assert any("300" in line for line in lines), "the call's summary counts every skipped message"
+
+
+def _mangled(call: FakeTwilioCall, rng: random.Random) -> str | bytes:
+    """A message as a careless or hostile peer might send it: Twilio's shapes with parts swapped,
+    dropped, retyped or oversized; or not JSON at all."""
+    # No value is valid base64 of any length: a media message that stays well-formed carries no audio.
+    values: list[Any] = [None, 5, -1, 1e308, True, "", "x" * 301, "²", [], {}, [1, [2]], {"a": {}}, "0:1"]
+    start = {"accountSid": "AC1", "streamSid": call.stream_sid, "callSid": "CA2", "mediaFormat": {}, "customParameters": {}}
+    templates: list[dict[str, Any]] = [
+        _media(call, ""),
+        {"event": "dtmf", "dtmf": {"digit": "1", "track": "inbound_track"}},
+        {"event": "mark", "mark": {"name": "0:800"}},
+        {"event": "start", "start": start},
+        {"event": "connected", "protocol": "Call"},
+        {"event": "bogus", "bogus": {}},
+    ]
+    kind = rng.random()
+    if kind < 0.1:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    if kind < 0.2:
+        return rng.choice(["{", "[" * 5000, "null", '"str"', "1e999", '{"event": "media"' * 3])
+    message = json.loads(json.dumps(rng.choice(templates)))
+    inner = next((value for value in message.values() if isinstance(value, dict)), message)
+    key = rng.choice(sorted(inner) or ["event"])
+    action = rng.randrange(3)
+    if action == 0:
+        inner.pop(key, None)
+    elif action == 1:
+        inner[key] = rng.choice(values)
+    else:
+        message[rng.choice(["event", "media", "dtmf", "mark", "start"])] = rng.choice(values)
+    return json.dumps(message)
+
+
+async def test_fuzz_many_malformed_messages_never_end_the_call(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    rng = random.Random(8)
+    for round_ in range(5):
+        for _ in range(200):
+            await call.send_raw(_mangled(call, rng))
+        await intact.both_ways(frames=5)
+    assert FORM["CallSid"] in service.calls.active and not call.closed.is_set()
+    await call.stop()
