@@ -108,8 +108,9 @@ class CallSession:
             await self.tools.aclose()
             await self.model.close()
             self.record.end(reason)
-        if reason == EndReason.MODEL_UNREACHABLE:
-            await self.caller.redirect(say=APOLOGY, dial=self._transfer_to)  # never a silent line
+        if reason in (EndReason.MODEL_UNREACHABLE, EndReason.ERROR):
+            # Never a silent line: whichever side broke, the caller hears why the call ends.
+            await self.caller.redirect(say=APOLOGY, dial=self._transfer_to)
         log.info("call.ended", reason=reason, duration_ms=self.record.offset_ms(), bot_turns=len(self.playback.turns))
         return reason
 

@@ -27,6 +27,7 @@ from phonebot.call.ports import (
 from phonebot.gemini import wire
 from phonebot.gemini.capabilities import FALLBACK, Capabilities, capabilities
 from phonebot.gemini.config import call_context, history_content, live_config
+from phonebot.logs import Skipped
 from phonebot.settings import MissingSetting, Settings
 from phonebot.tools.spec import ToolSpec
 
@@ -34,7 +35,9 @@ from phonebot.tools.spec import ToolSpec
 # congested link) does not end the call either: the connection is replaced and resumed, losing
 # nothing. A connection we retire gets a second for its closing handshake, not the default ten:
 # the call reads the new connection only once the old one is closed.
-KEEPALIVE = {"ping_interval": 10.0, "ping_timeout": 20.0, "close_timeout": 1.0}
+# max_size: the largest server message read (websockets' own default, said out loud): a model
+# turn's audio comes in chunks of a few kB, and nothing larger is ever read into memory.
+KEEPALIVE = {"ping_interval": 10.0, "ping_timeout": 20.0, "close_timeout": 1.0, "max_size": 2**20}
 # Close codes with which the service refuses a resumption handle (expired or unknown).
 _REFUSED = {1007, 1008}
 
@@ -125,6 +128,7 @@ class LiveSession:
         self._capabilities = capabilities
         self._context = context  # what the system instructions say about this call
         self.messages_sent = 0  # the setup was message 0
+        self.skipped = Skipped(log)  # what the model sent that could not be read, counted
 
     async def seed(self, history: Sequence[HistoryTurn]) -> None:
         """The conversation so far, for a fresh session that could not resume. Declared initial
@@ -169,16 +173,20 @@ class LiveSession:
                 yield ModelClosed(code, reason)
                 return
             try:
-                events = wire.parse(raw)
+                events = wire.parse(raw, self._skip)
             except ValueError as error:  # one garbled message is not worth a call
-                log.warning("model.bad_message", error=repr(error), size=len(raw))
+                self.skipped.warning("model.bad_message", error=str(error)[:80], size=len(raw))
                 continue
             for event in events:
                 yield event
                 if isinstance(event, ModelClosed):
                     return
 
+    def _skip(self, part: str, why: str) -> None:
+        self.skipped.warning("model.bad_part", part=part, error=why)
+
     async def close(self) -> None:
+        self.skipped.report("model.skipped_messages")
         await self._stack.aclose()
 
 

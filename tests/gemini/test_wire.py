@@ -16,6 +16,7 @@ from phonebot.call.ports import (
     BotTurnComplete,
     Checkpoint,
     GoingAway,
+    ModelClosed,
     ToolCall,
     ToolCallCancelled,
     Transcript,
@@ -101,3 +102,55 @@ def test_interaction_status_says_whether_the_bot_is_done(status: str | None, idl
     assert wire.parse(json.dumps({"serverContent": content})) == [BotTurnComplete(idle=idle)]
     if status != "REQUIRES_ACTION":  # IDLE's deprecated name ("use IDLE instead"); the SDK's helper misses it
         assert live._is_interaction_complete(sdk.server_content) is idle
+
+
+def test_parts_shaped_wrongly_are_skipped_and_reported_and_the_rest_kept() -> None:
+    skipped: list[str] = []
+    message = {
+        "serverContent": {
+            "interrupted": "yes",  # not a bool: no barge-in on the strength of it
+            "inputTranscription": {"text": 5},
+            "modelTurn": {"parts": [5, {"inlineData": {"data": "AAA"}}, {"inlineData": {"data": "AAAA"}}]},
+            "outputTranscription": {"text": "kept"},
+            "turnComplete": True,
+        },
+        "toolCall": {"functionCalls": [{"id": 1, "name": "x"}, {"id": "c1", "name": "x", "args": []}, {"id": "c2", "name": "x"}]},
+        "toolCallCancellation": {"ids": [1]},
+        "sessionResumptionUpdate": {"newHandle": "h", "resumable": True, "lastConsumedClientMessageIndex": "²"},
+        "goAway": "soon",
+        "error": {"code": "x", "message": 5},
+    }
+    events = wire.parse(json.dumps(message), lambda part, why: skipped.append(part))
+    assert events == [
+        BotAudio(b"\x00\x00\x00"),
+        Transcript("bot", "kept"),
+        BotTurnComplete(),
+        ToolCall("c2", "x", {}),
+        ModelClosed(1011, ""),  # the service said the session failed, however garbled
+    ]
+    assert skipped == [
+        "caller transcription",
+        "modelTurn.part",
+        "modelTurn.part",
+        "toolCall.functionCall",
+        "toolCall.functionCall",
+        "toolCallCancellation",
+        "sessionResumptionUpdate",
+        "goAway",
+    ]
+
+
+def test_only_a_message_that_is_no_object_at_all_is_an_error() -> None:
+    for raw in ("[]", "5", '"x"', "null", "{not json", "[" * 100_000, b"\xff\xfe"):
+        try:
+            wire.parse(raw)
+        except ValueError:
+            continue
+        raise AssertionError(f"{raw[:10]!r} was read as a message")
+    assert wire.parse('{"serverContent": "x", "toolCall": 5}') == []
+
+
+def test_go_away_times_are_sane() -> None:
+    assert [wire.seconds(value) for value in ("12.5s", "0s", "1e9s", "nans", "-3s", 5, None, "x")] == [
+        12.5, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0
+    ]
