@@ -65,7 +65,7 @@ def parse(raw: str | bytes, skip: Skip = _ignore) -> list[ModelEvent]:
     except RecursionError:  # JSON nested thousands deep
         raise ValueError("JSON nested too deep") from None
     if not isinstance(message, dict):
-        raise ValueError(f"not a JSON object but {type(message).__name__}")  # noqa: TRY004 - one error for "not a message"
+        raise ValueError(f"not a JSON object but {type(message).__name__}")
     events: list[ModelEvent] = []
     if (content := message.get("serverContent")) is not None:
         if isinstance(content, dict):
@@ -120,7 +120,10 @@ def _tool_call(section: Any, events: list[ModelEvent], skip: Skip) -> None:
     if not isinstance(calls, list):
         raise TypeError("functionCalls is not a list")
     for call in calls:
-        call_id, name, args = (call.get("id", ""), call.get("name"), call.get("args")) if isinstance(call, dict) else (None, None, None)
+        if not isinstance(call, dict):
+            skip("toolCall.functionCall", "not an object")
+            continue
+        call_id, name, args = call.get("id", ""), call.get("name"), call.get("args")
         if args is None:
             args = {}
         if isinstance(call_id, str) and isinstance(name, str) and name and isinstance(args, dict):

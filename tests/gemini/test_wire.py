@@ -114,7 +114,9 @@ def test_parts_shaped_wrongly_are_skipped_and_reported_and_the_rest_kept() -> No
             "outputTranscription": {"text": "kept"},
             "turnComplete": True,
         },
-        "toolCall": {"functionCalls": [{"id": 1, "name": "x"}, {"id": "c1", "name": "x", "args": []}, {"id": "c2", "name": "x"}]},
+        "toolCall": {
+            "functionCalls": [{"id": 1, "name": "x"}, {"id": "c1", "name": "x", "args": []}, {"id": "c2", "name": "x"}]
+        },
         "toolCallCancellation": {"ids": [1]},
         "sessionResumptionUpdate": {"newHandle": "h", "resumable": True, "lastConsumedClientMessageIndex": "²"},
         "goAway": "soon",

@@ -43,7 +43,8 @@ async def test_marks_that_are_not_ours_are_ignored(
     playback = service.calls.active[FORM["CallSid"]].playback
     await wait_until(lambda: playback.turns[0].heard_samples == playback.turns[0].sent_samples)
     for name in ("²:1", "0:" + "9" * 5000, "1:" + "9" * 12, "٣:1", "0:-5", "x" * 10_000, "0:1:2", "1:" + "9" * 16):
-        await call.send_event({"event": "mark", "sequenceNumber": "9", "streamSid": call.stream_sid, "mark": {"name": name}})
+        mark = {"event": "mark", "sequenceNumber": "9", "streamSid": call.stream_sid, "mark": {"name": name}}
+        await call.send_event(mark)
     await intact.both_ways()
     await wait_until(lambda: all(turn.heard_samples == turn.sent_samples for turn in playback.turns))
     await asyncio.sleep(0.1)
@@ -89,7 +90,8 @@ async def test_dtmf_is_a_keypad_digit_or_nothing(
     intact = Intact(call, session)
     flood = "7" * (messages.MAX_MESSAGE_BYTES - 200)  # the most one message can hold; beyond, see the cap's test
     for digit in ("1", flood, "12", "x", "", "a", "٣", 5, None, ["1"], "A", "#", "*"):
-        await call.send_event({"event": "dtmf", "sequenceNumber": "9", "streamSid": call.stream_sid, "dtmf": {"digit": digit}})
+        dtmf = {"event": "dtmf", "sequenceNumber": "9", "streamSid": call.stream_sid, "dtmf": {"digit": digit}}
+        await call.send_event(dtmf)
     await intact.both_ways()
     await session.wait_for_text("pressed *")
     pressed = [text for text in session.texts if "pressed" in text]
@@ -119,7 +121,7 @@ def _mangled(call: FakeTwilioCall, rng: random.Random) -> str | bytes:
     dropped, retyped or oversized; or not JSON at all."""
     # No value is valid base64 of any length: a media message that stays well-formed carries no audio.
     values: list[Any] = [None, 5, -1, 1e308, True, "", "x" * 301, "²", [], {}, [1, [2]], {"a": {}}, "0:1"]
-    start = {"accountSid": "AC1", "streamSid": call.stream_sid, "callSid": "CA2", "mediaFormat": {}, "customParameters": {}}
+    start = {"accountSid": "AC1", "streamSid": call.stream_sid, "callSid": "CA2", "mediaFormat": {}}
     templates: list[dict[str, Any]] = [
         _media(call, ""),
         {"event": "dtmf", "dtmf": {"digit": "1", "track": "inbound_track"}},
@@ -150,7 +152,7 @@ async def test_fuzz_many_malformed_messages_never_end_the_call(service: Service,
     call, session = await answer(service, gemini)
     intact = Intact(call, session)
     rng = random.Random(8)
-    for round_ in range(5):
+    for _round in range(5):
         for _ in range(200):
             await call.send_raw(_mangled(call, rng))
         await intact.both_ways(frames=5)
