@@ -134,6 +134,6 @@ async def test_fuzz_many_malformed_model_messages_never_end_the_call(
             if json.dumps(message).count("inlineData") and "AAAA" in json.dumps(message):
                 continue
             await session.send(message)
-        await intact.both_ways(seconds=0.1)
+        await intact.both_ways(frames=5)
     assert FORM["CallSid"] in service.calls.active and not session.closed.is_set()
     await call.stop()
