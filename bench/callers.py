@@ -1,88 +1,48 @@
 """The load generator's callers: Twilio Media Streams clients, cheap enough to run hundreds.
 
-Each `Caller` first posts the signed voice webhook, as Twilio does, then connects to the stream
-URL of the TwiML it gets back (`/twilio/media/{token}`) with a valid `X-Twilio-Signature` and
-sends Twilio's exact JSON: `connected`, `start` (customParameters from/to/direction), a 160-byte
-mu-law `media` frame every 20 ms against the monotonic clock (deadlines from the stream's start,
-so pacing never drifts), and `stop`. It plays what comes back like Twilio's player (8000 bytes/s),
-echoes each `mark` once the audio before it has played, and on `clear` echoes every pending mark
-at once. It records when each frame was sent and when each piece of bot audio and each `clear`
-arrived.
+A `Caller` first does what Twilio does when a call comes in (`bench.voice`: the signed voice
+webhook, whose TwiML names the stream), then connects to that stream with a valid
+`X-Twilio-Signature` and sends Twilio's exact JSON: `connected`, `start` (customParameters: the
+TwiML's `<Parameter>`s), a 160-byte mu-law `media` frame every 20 ms against the monotonic clock
+(deadlines from the stream's start, so pacing never drifts; the audio is `bench.tones`), and
+`stop`. It plays what comes back like Twilio's player (8000 bytes/s), echoes each `mark` once
+the audio before it has played, and on `clear` echoes every pending mark at once. It records
+when each frame was sent and when each piece of bot audio and each `clear` arrived.
 
-Caller `i` calls from `+1999` + `i` in seven digits; the fake model finds that number in the
-session's setup and so knows whose session it is.
+Caller `i` calls from `+1999` + `i` in seven digits; a service that puts the number in the model
+session's setup (phonebot does) lets the fake model know whose session it is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import json
-import re
 import secrets
 import time
 from collections import deque
-from urllib.parse import urlencode, urlsplit
+from collections.abc import Sequence
 
-from twilio.request_validator import RequestValidator
+from bench import tones, wire
+from bench.voice import ACCOUNT_SID, Line, Stream
 
-from bench import wire
-
-FRAME_S = 0.02
+FRAME_S = tones.CALLER.unit_s
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 PLAYBACK_BYTES_PER_S = 8000
 USER_AGENT = "Twilio.TmeWs/1.0"
-PUBLIC_URL = "https://bench.invalid"  # the service's PHONEBOT_PUBLIC_URL (see bench.service)
-VOICE_PATH = "/twilio/voice"
-_STREAM_URL = re.compile(rb'<Stream url="([^"]+)"')
-
-
-def signature(auth_token: str, signed_url: str) -> str:
-    """X-Twilio-Signature of a Media Streams handshake: the wss URL signed with no parameters."""
-    return RequestValidator(auth_token).compute_signature(signed_url, {})
-
-
-async def voice_webhook(host: str, port: int, auth_token: str, form: dict[str, str]) -> str:
-    """POST the signed voice webhook as Twilio does; the stream URL of the TwiML it answers."""
-    body = urlencode(form).encode()
-    signed = RequestValidator(auth_token).compute_signature(PUBLIC_URL + VOICE_PATH, form)
-    head = (
-        f"POST {VOICE_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
-        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
-        f"X-Twilio-Signature: {signed}\r\n\r\n"
-    )
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(head.encode() + body)
-        answer = await reader.read()  # Connection: close: the answer ends with the socket
-    finally:
-        writer.close()
-    found = _STREAM_URL.search(answer)
-    if found is None:
-        raise ConnectionError(f"the voice webhook answered no stream: {answer[:300]!r}")
-    return found.group(1).decode()
-
-
-def _mulaw_frame() -> bytes:
-    # A quiet 400 Hz-ish pattern: real-looking audio without pretending to be speech.
-    pattern = bytes([0xFF, 0xB3, 0xA6, 0xB3, 0xFF, 0x33, 0x26, 0x33, 0xFF, 0xB3])
-    return (pattern * (FRAME_BYTES // len(pattern) + 1))[:FRAME_BYTES]
-
-
-_PAYLOAD = binascii.b2a_base64(_mulaw_frame(), newline=False).decode()
+PAYLOADS = tones.caller_payloads()
 
 
 class Caller(asyncio.Protocol):
     """One phone call's Media Stream. Use `dial()`; then `stop_media()`, then `hang_up()`."""
 
-    def __init__(self, index: int, host: str, port: int, auth_token: str, to: str = "+15550100") -> None:
+    def __init__(self, index: int, line: Line, to: str = "+15550100", payloads: Sequence[str] = PAYLOADS) -> None:
         self.index = index
         self.from_number = f"+1999{index:07d}"
         self.call_sid = "CA" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
-        self.account_sid = "AC" + "0" * 32
-        self._host, self._port, self._auth_token, self._to = host, port, auth_token, to
-        self._path = self._signature = ""  # the stream's, once the webhook has answered
+        self.account_sid = ACCOUNT_SID
+        self._line, self._to, self._payloads = line, to, payloads
+        self._stream: Stream | None = None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._head: bytearray | None = bytearray()
@@ -93,10 +53,14 @@ class Caller(asyncio.Protocol):
         # Sending.
         self._sequence = 0
         self._timer: asyncio.TimerHandle | None = None
+        self.began_at: float | None = None  # the call came in: the voice webhook (or the stream) began
+        self.webhook_s: float | None = None
         self.started_at: float | None = None  # `start` sent
         self.sent_at: list[float] = []  # frame k sent
+        self.counted: int | None = None  # frames that count, if the rest only keep the line going
         self.late_frames = 0  # frames sent more than one frame period after their deadline
         # Receiving.
+        self.audio = bytearray()  # the bot's mu-law (what it is, is checked after the step)
         self.audio_at: list[float] = []  # per media message received...
         self.audio_total: list[int] = []  # ...and the mu-law bytes received by then
         self.clear_at: list[float] = []
@@ -107,22 +71,30 @@ class Caller(asyncio.Protocol):
         self._marks: deque[tuple[float, str]] = deque()  # (when it has played, name)
 
     async def dial(self) -> None:
-        """The webhook; then connect, upgrade, send `connected` and `start`, and start streaming frames."""
-        form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.from_number,
-                "To": self._to, "Direction": "inbound", "CallStatus": "ringing"}
-        stream_url = await voice_webhook(self._host, self._port, self._auth_token, form)
-        self._path, self._signature = urlsplit(stream_url).path, signature(self._auth_token, stream_url)
-        await self._loop.create_connection(lambda: self, self._host, self._port)
+        """The voice webhook, then connect, upgrade, send `connected` and `start`, and stream frames."""
+        self.began_at = time.monotonic()
+        self._stream = await self._line.stream_for(self.call_sid, self.from_number, self._to)
+        self.webhook_s = self._stream.webhook_s
+        await self._loop.create_connection(lambda: self, self._line.host, self._line.port)
         await self.opened
+
+    def count_no_more(self) -> None:
+        """Frames from now on are not counted (they only keep the line going, as Twilio's does)."""
+        self.counted = len(self.sent_at)
+
+    @property
+    def counted_sent_at(self) -> list[float]:
+        return self.sent_at if self.counted is None else self.sent_at[: self.counted]
 
     # ----- socket -------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        assert self._stream is not None
         request, self._accept = wire.client_handshake(
-            f"{self._host}:{self._port}",
-            self._path,
-            {"X-Twilio-Signature": self._signature, "User-Agent": USER_AGENT},
+            f"{self._line.host}:{self._line.port}",
+            self._stream.path,
+            {"X-Twilio-Signature": self._stream.signature, "User-Agent": USER_AGENT},
         )
         self._transport.write(request)
 
@@ -190,7 +162,7 @@ class Caller(asyncio.Protocol):
             "streamSid": self.stream_sid,
             "callSid": self.call_sid,
             "tracks": ["inbound"],
-            "customParameters": {"from": self.from_number, "to": self._to, "direction": "inbound"},
+            "customParameters": self._stream.parameters if self._stream else {},
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         }
         self._send(json.dumps({"event": "start", "sequenceNumber": self._numbered(), "start": start,
@@ -208,9 +180,10 @@ class Caller(asyncio.Protocol):
         assert self.started_at is not None
         due = self.started_at + k * FRAME_S
         timestamp = round(k * FRAME_S * 1000)
+        payload = self._payloads[k % len(self._payloads)]
         self._send(
             f'{{"event":"media","sequenceNumber":"{self._numbered()}","media":{{"track":"inbound",'
-            f'"chunk":"{k + 1}","timestamp":"{timestamp}","payload":"{_PAYLOAD}"}},'
+            f'"chunk":"{k + 1}","timestamp":"{timestamp}","payload":"{payload}"}},'
             f'"streamSid":"{self.stream_sid}"}}'
         )
         now = time.monotonic()
@@ -248,8 +221,10 @@ class Caller(asyncio.Protocol):
         if message.get("streamSid") != self.stream_sid:
             self.errors.append(f"{event}: wrong streamSid")
         if event == "media":
-            size = wire.b64_size(message["media"]["payload"])
-            self.audio_total.append((self.audio_total[-1] if self.audio_total else 0) + size)
+            chunk = wire.b64_decode(message["media"]["payload"])
+            size = len(chunk)
+            self.audio += chunk
+            self.audio_total.append(len(self.audio))
             self.audio_at.append(now)
             self._play_end = max(self._play_end, now) + size / PLAYBACK_BYTES_PER_S
         elif event == "mark":

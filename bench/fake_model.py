@@ -1,24 +1,32 @@
-"""A lean fake Gemini Live server for the load bench, and what it saw of each call.
+"""A lean fake Gemini Live server for the benches, and what it saw of each call.
 
 It speaks what google-genai's `client.aio.live.connect()` expects (TLS WebSocket on the
 `...GenerativeService.BidiGenerateContent` path, `setup` -> `setupComplete`, camelCase JSON in
 binary frames) and talks like the model on a call, from a script:
 
-- on the greeting cue (the first realtime text) it speaks the greeting;
+- on the greeting cue it speaks the greeting. The cue is the first realtime text (phonebot's
+  way) or a `client_content` turn that completes the turn (Pipecat's way: it sends the
+  context's opening user message so);
 - after each bot turn, once it has heard `listen_s` of caller audio, it speaks a reply;
 - some replies (scripted per caller) are barged in on: `interrupted` is sent mid-turn and the
   rest of the turn is never sent, as Gemini does when the caller talks over it;
 - if the setup asks for session resumption, a `sessionResumptionUpdate` says "not resumable" when
   a turn starts, and gives a new handle when it ends and every second while the model listens
-  (the service keeps what it sent until a handle covers it, so without these it would hoard).
+  (phonebot keeps what it sent until a handle covers it, so without these it would hoard).
 
 Bot audio is 24 kHz 16-bit PCM in 40 ms chunks sent at real-time pace against the monotonic
 clock; every 5th chunk is followed by an output transcription, each reply is preceded by an input
-transcription. Each session records when caller audio arrived and when bot audio, `interrupted`
-and turn ends were sent, so the load bench can match them against what its callers saw.
+transcription. Caller audio is taken at whatever rate its mime type says. Each session records
+when caller audio arrived (and keeps the first of it, to find where in the call it starts), and
+when each bot turn started, when its chunks and any `interrupted` were sent, so the load bench
+can match them against what its callers saw.
 
-Sessions are matched to callers by the caller's number, which the service puts in the setup's
-system instruction (`+1999` and seven digits, see `bench.callers`).
+Whose call a session is: the caller's number, where the service puts it in the setup (phonebot
+writes it into the system instruction: `+1999` and seven digits, see `bench.callers`); else a
+resumption handle this fake issued (they name the caller); else the caller the bench is dialling
+now (`expecting`): a bench that sees unnumbered sessions dials one call at a time until each has
+its session. With `Script(talks=False)` the model only listens, and the bench drives it
+(`bench.reconnect`: handles, goAway, closes).
 """
 
 from __future__ import annotations
@@ -33,16 +41,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import trustme
 
-from bench import wire
+from bench import tones, wire
 
-CHUNK_S = 0.04
+CHUNK_S = tones.MODEL.unit_s
 CHUNK_BYTES = 1920  # 40 ms of 24 kHz 16-bit mono
-INPUT_BYTES_PER_S = 32000  # 16 kHz 16-bit mono, what the service sends
 _PATH = re.compile(rb"^/+ws/google\.ai\.generativelanguage\.[\w.]+\.GenerativeService\.BidiGenerateContent")
 CALLER_NUMBER = re.compile(rb"\+1999(\d{7})")
+_HANDLE = re.compile(rb'"handle"\s*:\s*"bench-(\d+)-')
+_RATE = re.compile(r"rate=(\d+)")
+UNMATCHED = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,7 @@ class Script:
     interrupt_every: int = 3  # reply j of caller i is barged in on when (i + j) % this == 0
     interrupt_at: float = 0.4  # ...after this fraction of it
     checkpoint_every_s: float = 1.0  # resumption handles while listening
+    talks: bool = True  # False: never speaks nor sends handles by itself
 
     def chunks(self, mean_s: float, rng: random.Random) -> int:
         return max(1, round(mean_s * rng.uniform(1 - self.spread, 1 + self.spread) / CHUNK_S))
@@ -89,36 +99,50 @@ def _server_frame(message: dict) -> bytes:
     return wire.frame(wire.BINARY, json.dumps(message, separators=(",", ":")).encode(), masked=False)
 
 
-def _tone_chunk() -> bytes:
-    # 250 Hz: exactly 10 cycles per 40 ms chunk, so back-to-back chunks are one continuous tone.
-    t = np.arange(CHUNK_BYTES // 2) / 24000
-    return np.round(6000 * np.sin(2 * np.pi * 250 * t)).astype("<i2").tobytes()
+def _audio(tone: int) -> bytes:
+    pcm = tones.MODEL.pcm16(24000, tone, 1)
+    return _server_frame({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
+        "mimeType": "audio/pcm;rate=24000", "data": binascii.b2a_base64(pcm, newline=False).decode()}}]}}})
 
 
-_AUDIO = _server_frame({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
-    "mimeType": "audio/pcm;rate=24000", "data": binascii.b2a_base64(_tone_chunk(), newline=False).decode()}}]}}})
+_AUDIO = [_audio(tone) for tone in range(tones.PERIOD)]  # chunk k of a session is tone k + its shift
 _SETUP_COMPLETE = _server_frame({"setupComplete": {}})
 _INTERRUPTED = _server_frame({"serverContent": {"interrupted": True}})
 _TURN_END = _server_frame({"serverContent": {"generationComplete": True}}) + _server_frame(
-    {"serverContent": {"turnComplete": True}})
+    {"serverContent": {"turnComplete": True}, "usageMetadata": {"promptTokenCount": 400, "responseTokenCount": 40,
+                                                                 "totalTokenCount": 440}})
 _BOT_WORDS = _server_frame({"serverContent": {"outputTranscription": {"text": " thanks for calling"}}})
 _NOT_RESUMABLE = _server_frame({"sessionResumptionUpdate": {"resumable": False}})
 _CALLER_WORDS = _server_frame({"serverContent": {"inputTranscription": {"text": " I'd like to book"}}})
 
 
 @dataclass(slots=True)
+class Turn:
+    """One bot turn: when it started, its first chunk (an index into the session's audio_out
+    lists), and when it was barged in on, if it was."""
+
+    started_at: float
+    first_chunk: int
+    interrupted_at: float | None = None
+
+
+@dataclass(slots=True)
 class SessionRecord:
     """What one Live session saw and did, on the monotonic clock."""
 
-    caller: int
+    caller: int  # UNMATCHED if no caller could be told
     setup_at: float
+    numbered: bool  # the setup named the caller
+    tone_shift: int = 0  # chunk k is tone k + this (sessions of one call say different things)
     cue_at: float | None = None
+    in_rate: int = 16000  # of the caller audio, from its mime type
+    audio: bytearray = field(default_factory=bytearray)  # all the caller audio it heard (what it is
+    # is checked after the step, not while it runs: the bench must stay cheap per message)
     audio_in_at: list[float] = field(default_factory=list)  # per realtime audio message...
-    audio_in_total: list[int] = field(default_factory=list)  # ...and the 16 kHz bytes heard by then
+    audio_in_total: list[int] = field(default_factory=list)  # ...and the bytes heard by then
     audio_out_at: list[float] = field(default_factory=list)  # per 40 ms chunk sent...
     audio_out_total: list[int] = field(default_factory=list)  # ...and the 24 kHz bytes sent by then
-    interrupted_at: list[float] = field(default_factory=list)
-    turns: int = 0
+    turns: list[Turn] = field(default_factory=list)
     closed_at: float | None = None
 
     @property
@@ -129,9 +153,17 @@ class SessionRecord:
     def bytes_out(self) -> int:
         return self.audio_out_total[-1] if self.audio_out_total else 0
 
+    @property
+    def voice(self) -> tones.Voice:
+        return tones.MODEL.shifted(self.tone_shift)
 
-class _Session(asyncio.Protocol):
-    """One Live connection: handshake, setup, then the script."""
+    @property
+    def interrupted_at(self) -> list[float]:
+        return [turn.interrupted_at for turn in self.turns if turn.interrupted_at is not None]
+
+
+class Session(asyncio.Protocol):
+    """One Live connection: handshake, setup, then the script (or the bench's controls)."""
 
     def __init__(self, model: FakeModel) -> None:
         self._model = model
@@ -140,9 +172,10 @@ class _Session(asyncio.Protocol):
         self._head: bytearray | None = bytearray()
         self._reader = wire.FrameReader()
         self.record: SessionRecord | None = None
+        self._mime = ""
         self._speaking = False
         self._reply_pending = False
-        self._reply_after = 0  # 16 kHz bytes heard before the next reply starts
+        self._reply_after = 0  # caller audio bytes heard before the next reply starts
         self._replies = 0
         self._rng = random.Random(0)
         self._resumption = False  # the setup asked for resumption updates
@@ -168,7 +201,7 @@ class _Session(asyncio.Protocol):
             self._head += data
             if (split := wire.split_head(self._head)) is None:
                 if len(self._head) > 65536:
-                    self._abort()
+                    self.abort()
                 return
             (head, data), self._head = split, None
             if not self._handshake(head):
@@ -180,7 +213,7 @@ class _Session(asyncio.Protocol):
                 self._write(wire.frame(wire.PONG, payload, masked=False))
             elif opcode == wire.CLOSE:
                 self._write(wire.frame(wire.CLOSE, payload[:2], masked=False))
-                self._abort()
+                self.abort()
                 return
 
     def _handshake(self, head: bytes) -> bool:
@@ -189,12 +222,11 @@ class _Session(asyncio.Protocol):
         key = headers.get("sec-websocket-key")
         if len(parts) < 2 or not _PATH.match(parts[1].encode()) or not key:
             self._write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            self._abort()
+            self.abort()
             return False
         self._write(wire.server_handshake(key))
         if not headers.get("x-goog-api-key") and "key=" not in parts[1]:
-            self._write(wire.frame(wire.CLOSE, (1008).to_bytes(2, "big") + b"missing API key", masked=False))
-            self._abort()
+            self.close(1008, "missing API key")
             return False
         return True
 
@@ -202,7 +234,18 @@ class _Session(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _abort(self) -> None:
+    # ----- the bench's controls -------------------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        self._write(_server_frame(message))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """A close frame, then the socket ends (the client's answer is not awaited)."""
+        self._write(wire.frame(wire.CLOSE, code.to_bytes(2, "big") + reason.encode(), masked=False))
+        self.abort()
+
+    def abort(self) -> None:
+        """End the socket now."""
         self._cancel_timer()
         if self._transport is not None:
             self._transport.close()
@@ -216,35 +259,61 @@ class _Session(asyncio.Protocol):
         self._consumed += 1
         message = json.loads(payload)
         body = message.get("realtimeInput") or message.get("realtime_input")
-        if not body:
+        if body:
+            if audio := body.get("audio"):
+                self._on_audio(audio, now)
+            elif body.get("text") is not None:
+                self._on_cue(now)
             return
-        audio = body.get("audio")
-        if audio:
-            record = self.record
-            record.audio_in_total.append(record.bytes_in + wire.b64_size(audio["data"]))
-            record.audio_in_at.append(now)
-            if not self._speaking and not self._reply_pending:
-                if record.bytes_in >= self._reply_after:
-                    self._reply_pending = True
-                    self._later(self._model.script.delay_s, self._reply)
-                elif now - self._checkpoint_at >= self._model.script.checkpoint_every_s:
-                    self._checkpoint(now)
-        elif body.get("text") is not None and self.record.cue_at is None:
-            self.record.cue_at = now  # the greeting cue
+        content = message.get("clientContent") or message.get("client_content")
+        if content and (content.get("turnComplete") or content.get("turn_complete")):
+            self._on_cue(now)
+
+    def _on_audio(self, audio: dict, now: float) -> None:
+        record = self.record
+        assert record is not None
+        mime = audio.get("mimeType") or audio.get("mime_type") or ""
+        if mime != self._mime:  # the rate is read once per distinct mime type, not per message
+            self._mime = mime
+            found = _RATE.search(mime)
+            record.in_rate = int(found.group(1)) if found else 16000
+        record.audio += wire.b64_decode(audio["data"])
+        record.audio_in_total.append(len(record.audio))
+        record.audio_in_at.append(now)
+        if not self._speaking and not self._reply_pending and self._model.script.talks:
+            if record.bytes_in >= self._reply_after:
+                self._reply_pending = True
+                self._later(self._model.script.delay_s, self._reply)
+            elif now - self._checkpoint_at >= self._model.script.checkpoint_every_s:
+                self._checkpoint(now)
+
+    def _on_cue(self, now: float) -> None:
+        assert self.record is not None
+        if self.record.cue_at is not None:
+            return
+        self.record.cue_at = now
+        if self._model.script.talks:
             self._reply_pending = True
             self._later(self._model.script.delay_s, self._greet)
 
     def _on_setup(self, payload: bytes, now: float) -> None:
-        found = CALLER_NUMBER.search(payload)
-        if b'"setup"' not in payload or found is None:
-            self._write(wire.frame(wire.CLOSE, (1007).to_bytes(2, "big") + b"bench: no setup", masked=False))
-            self._abort()
+        if b'"setup"' not in payload:
+            self.close(1007, "bench: no setup")
             return
-        self.record = SessionRecord(caller=int(found.group(1)), setup_at=now)
-        self._rng = random.Random(self.record.caller)
+        numbered = CALLER_NUMBER.search(payload)
+        handle = _HANDLE.search(payload)
+        if numbered:
+            caller = int(numbered.group(1))
+        elif handle:
+            caller = int(handle.group(1))
+        else:
+            caller = self._model.claim_unnumbered()
+        shift = 97 * len(self._model.sessions) % tones.PERIOD
+        self.record = SessionRecord(caller=caller, setup_at=now, numbered=numbered is not None, tone_shift=shift)
+        self._rng = random.Random(caller)
         self._resumption = b'"sessionResumption"' in payload
         self._transparent = b'"transparent":true' in payload.replace(b" ", b"")
-        self._model.sessions.append(self.record)
+        self._model.opened(self)
         self._write(_SETUP_COMPLETE)
 
     # ----- server -> client ---------------------------------------------------------------------
@@ -261,44 +330,49 @@ class _Session(asyncio.Protocol):
         self._start_turn(chunks, script.interrupted_at(self.record.caller, self._replies, chunks))
 
     def _start_turn(self, chunks: int, interrupt_at: int | None) -> None:
+        assert self.record is not None
         self._reply_pending = False
+        if self._model.frozen:
+            return
         self._speaking = True
-        self._turn_started = time.monotonic()
         self._turn_chunks = chunks
         self._interrupt_at = interrupt_at
+        self.record.turns.append(Turn(time.monotonic(), len(self.record.audio_out_at)))
         if self._resumption:
             self._write(_NOT_RESUMABLE)
         self._chunk = 0
         self._next_chunk()
 
     def _next_chunk(self) -> None:
-        """Send chunk k at turn start + k * 40 ms (deadlines from one start: no drift)."""
+        """Send chunk k at turn start + k * 40 ms (deadlines from one start: no drift). A frozen
+        model ends the turn as a finished one, so a bot does with its audio what it does at any
+        turn's end."""
         record, self._timer = self.record, None
-        if record is None or self._transport is None or self._model.frozen:
+        if record is None or self._transport is None:
             return
-        if self._chunk == self._interrupt_at:
+        turn = record.turns[-1]
+        if self._chunk == self._interrupt_at and not self._model.frozen:
             self._write(_INTERRUPTED)
-            record.interrupted_at.append(time.monotonic())
+            turn.interrupted_at = time.monotonic()
             self._end_turn()
             return
-        if self._chunk >= self._turn_chunks:
+        if self._chunk >= self._turn_chunks or self._model.frozen:
             self._write(_TURN_END)
             self._end_turn()
             return
-        self._write(_AUDIO)
+        self._write(_AUDIO[(record.tone_shift + len(record.audio_out_at)) % tones.PERIOD])
         record.audio_out_at.append(time.monotonic())
         record.audio_out_total.append(record.bytes_out + CHUNK_BYTES)
         if self._chunk % 5 == 4:
             self._write(_BOT_WORDS)
         self._chunk += 1
-        self._later(self._turn_started + self._chunk * CHUNK_S - time.monotonic(), self._next_chunk)
+        self._later(turn.started_at + self._chunk * CHUNK_S - time.monotonic(), self._next_chunk)
 
     def _end_turn(self) -> None:
         assert self.record is not None
-        self.record.turns += 1
         self._speaking = False
         listen_s = self._model.script.chunks(self._model.script.listen_s, self._rng) * CHUNK_S
-        self._reply_after = self.record.bytes_in + round(listen_s * INPUT_BYTES_PER_S)
+        self._reply_after = self.record.bytes_in + round(listen_s * 2 * self.record.in_rate)
         self._checkpoint(time.monotonic())
 
     def _checkpoint(self, now: float) -> None:
@@ -323,13 +397,17 @@ class _Session(asyncio.Protocol):
 class FakeModel:
     """The server. `sessions` lists every session that completed setup since the last `reset()`."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, script: Script | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, script: Script | None = None, driven: bool = False) -> None:
         self._ssl = ssl_context
         self.script = script or Script()
+        self.driven = driven  # by a bench (bench.reconnect): sessions are handed out by next_session()
         self.sessions: list[SessionRecord] = []
-        self.frozen = False  # True: send nothing more (the end of a step)
+        self.frozen = False  # True: start no new turn, end the current ones (the end of a step)
+        self.expecting: int | None = None  # the caller being dialled, for an unnumbered session
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._new: asyncio.Queue[Session] = asyncio.Queue()
+        self._waiting: dict[int, asyncio.Future[SessionRecord]] = {}
 
     @property
     def base_url(self) -> str:
@@ -338,13 +416,41 @@ class FakeModel:
     async def start(self, port: int = 0) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Session(self), "127.0.0.1", port, ssl=self._ssl, backlog=4096
+            lambda: Session(self), "127.0.0.1", port, ssl=self._ssl, backlog=4096
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
     def reset(self) -> None:
         self.sessions = []
         self.frozen = False
+        self.expecting = None
+
+    def claim_unnumbered(self) -> int:
+        caller, self.expecting = self.expecting, None
+        return UNMATCHED if caller is None else caller
+
+    def opened(self, session: Session) -> None:
+        assert session.record is not None
+        self.sessions.append(session.record)
+        if self.driven:
+            self._new.put_nowait(session)
+        waiter = self._waiting.pop(session.record.caller, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(session.record)
+
+    def session_of(self, caller: int) -> asyncio.Future[SessionRecord]:
+        """Resolves when a session of `caller` has completed setup (at once if one has)."""
+        future: asyncio.Future[SessionRecord] = asyncio.get_running_loop().create_future()
+        found = next((s for s in self.sessions if s.caller == caller), None)
+        if found is not None:
+            future.set_result(found)
+        else:
+            self._waiting[caller] = future
+        return future
+
+    async def next_session(self, timeout: float = 5.0) -> Session:
+        """The next session to complete setup (in order), for a bench that drives it."""
+        return await asyncio.wait_for(self._new.get(), timeout)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -1,11 +1,17 @@
 """From what the callers and the fake model recorded to the bench's figures.
 
-The path is deterministic and in order, so audio is matched by byte offset, not by content:
-- caller frame k (160 bytes of 8 kHz mu-law) is the k-th 640-byte block of 16 kHz PCM the model
-  receives; its added latency is "frame sent" -> "the model has received byte 640 * (k + 1)";
-- byte offset b of the model's 24 kHz PCM is mu-law offset b / 6 at the caller; a 40 ms chunk
-  ending at b has arrived when the caller has received b / 6 bytes.
-Barge-ins are matched in order too: the k-th `interrupted` of a session with the k-th `clear`.
+Audio is matched by content (`bench.tones`), per model session, so a bot that drops, discards or
+re-times audio shifts nothing after it:
+- caller -> model: each counted caller frame arrived when the model had received its audio (up
+  to 2.5 ms before the frame's end); added latency is that minus when the frame was sent.
+  Frames that never arrived before the first one that did were **dropped at start** (the bot's
+  model session was not ready); later ones that never arrived are **lost**.
+- model -> caller: likewise each 40 ms chunk the model sent. Of a turn the caller barged in on,
+  the chunks after the last one that arrived were **discarded on barge-in** (the bot rightly
+  drops what it had queued); every other chunk that never arrived is **lost**.
+- barge-in: `interrupted` sent -> the first `clear` the caller received after it, before the
+  next turn began.
+Loss is counted in 20 ms frames.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from bench.callers import FRAME_BYTES, Caller
+from bench import tones
+from bench.callers import Caller
 from bench.fake_model import SessionRecord
 
-MODEL_BLOCK = 640  # 16 kHz PCM bytes per 20 ms caller frame
-DOWN = 6  # 24 kHz PCM bytes per 8 kHz mu-law byte
+FRAMES_PER_CHUNK = round(tones.MODEL.unit_s / tones.CALLER.unit_s)
 
 
 def summary(seconds: Iterable[float]) -> dict[str, float | int | None]:
@@ -33,77 +39,115 @@ def summary(seconds: Iterable[float]) -> dict[str, float | int | None]:
     return {"p50": rank(0.50), "p99": rank(0.99), "max": round(ms[-1], 3), "count": len(ms)}
 
 
-def _arrivals(need: list[int], totals: list[int], times: list[float]) -> list[float | None]:
-    """For each byte count in `need` (ascending), when the running total first reached it."""
-    return [times[i] if (i := bisect_left(totals, n)) < len(totals) else None for n in need]
+def _earliest(a: list[float | None], b: list[float | None]) -> list[float | None]:
+    return [y if x is None or (y is not None and y < x) else x for x, y in zip(a, b, strict=True)]
 
 
-def caller_to_model(caller: Caller, session: SessionRecord, window: tuple[float, float]) -> tuple[list[float], int]:
-    """Added latency of each frame sent in the window, and frames that never reached the model."""
-    need = [MODEL_BLOCK * (k + 1) for k in range(len(caller.sent_at))]
-    arrived = _arrivals(need, session.audio_in_total, session.audio_in_at)
-    latencies = [got - sent for sent, got in zip(caller.sent_at, arrived, strict=True)
-                 if got is not None and window[0] <= sent <= window[1]]
-    lost = len(caller.sent_at) - session.bytes_in // MODEL_BLOCK
-    return latencies, max(0, lost)
+def caller_to_model(
+    caller: Caller, sessions: list[SessionRecord], window: tuple[float, float]
+) -> tuple[list[float], int, int]:
+    """Added latency of each counted frame sent in the window; frames dropped at start; frames lost."""
+    sent_at = caller.counted_sent_at
+    arrived: list[float | None] = [None] * len(sent_at)
+    for session in sessions:
+        rx = tones.Received.pcm16(bytes(session.audio), session.in_rate, session.audio_in_total, session.audio_in_at)
+        segments = tones.track(tones.CALLER, rx, caller.sent_at)
+        arrived = _earliest(arrived, tones.arrivals(tones.CALLER, rx, segments, len(sent_at)))
+    first = next((k for k, t in enumerate(arrived) if t is not None), len(sent_at))
+    dropped = first if first < len(sent_at) else 0
+    lost = sum(1 for t in arrived[first:] if t is None) + (len(sent_at) if first == len(sent_at) else 0)
+    latencies = [t - s for s, t in zip(sent_at, arrived, strict=True) if t is not None and window[0] <= s <= window[1]]
+    return latencies, dropped, lost
 
 
-def model_to_caller(caller: Caller, session: SessionRecord, window: tuple[float, float]) -> tuple[list[float], int]:
-    """Added latency of each bot chunk sent in the window, and 20 ms frames that never reached the caller."""
-    need = [total // DOWN for total in session.audio_out_total]
-    arrived = _arrivals(need, caller.audio_total, caller.audio_at)
-    latencies = [got - sent for sent, got in zip(session.audio_out_at, arrived, strict=True)
-                 if got is not None and window[0] <= sent <= window[1]]
-    received = caller.audio_total[-1] if caller.audio_total else 0
-    lost_bytes = max(0, session.bytes_out // DOWN - received)
-    return latencies, math.ceil(lost_bytes / FRAME_BYTES)
+def model_to_caller(
+    caller: Caller, sessions: list[SessionRecord], window: tuple[float, float]
+) -> tuple[list[float], int, int]:
+    """Added latency of each chunk sent in the window; 20 ms frames discarded on barge-in; frames lost."""
+    rx = tones.Received.mulaw(bytes(caller.audio), caller.audio_total, caller.audio_at)
+    latencies, discarded, lost = [], 0, 0
+    for session in sessions:
+        segments = tones.track(session.voice, rx, session.audio_out_at)
+        arrived = tones.arrivals(session.voice, rx, segments, len(session.audio_out_at))
+        latencies += [t - s for s, t in zip(session.audio_out_at, arrived, strict=True)
+                      if t is not None and window[0] <= s <= window[1]]
+        for j, turn in enumerate(session.turns):
+            end = session.turns[j + 1].first_chunk if j + 1 < len(session.turns) else len(arrived)
+            mine = arrived[turn.first_chunk : end]
+            missing = [t is None for t in mine]
+            if turn.interrupted_at is not None:
+                heard = max((i + 1 for i, t in enumerate(mine) if t is not None), default=0)
+                discarded += (len(mine) - heard) * FRAMES_PER_CHUNK
+                missing = missing[:heard]
+            lost += sum(missing) * FRAMES_PER_CHUNK
+    return latencies, discarded, lost
 
 
-def barge_ins(caller: Caller, session: SessionRecord, window: tuple[float, float]) -> tuple[list[float], int]:
-    """`interrupted` sent -> `clear` received, for barge-ins in the window; and clears that never came."""
-    latencies = [clear - sent for sent, clear in zip(session.interrupted_at, caller.clear_at, strict=False)
-                 if window[0] <= sent <= window[1]]
-    return latencies, max(0, len(session.interrupted_at) - len(caller.clear_at))
+def barge_ins(caller: Caller, sessions: list[SessionRecord], window: tuple[float, float]) -> tuple[list[float], int]:
+    """`interrupted` sent -> the turn's first `clear` received, for barge-ins in the window; and clears that never came."""
+    starts = sorted(turn.started_at for session in sessions for turn in session.turns)
+    latencies, missing = [], 0
+    for turn in (turn for session in sessions for turn in session.turns):
+        if turn.interrupted_at is None:
+            continue
+        following = starts[bisect_left(starts, turn.interrupted_at) :]
+        k = bisect_left(caller.clear_at, turn.interrupted_at)
+        if k < len(caller.clear_at) and (not following or caller.clear_at[k] < following[0]):
+            if window[0] <= turn.interrupted_at <= window[1]:
+                latencies.append(caller.clear_at[k] - turn.interrupted_at)
+        else:
+            missing += 1
+    return latencies, missing
 
 
 def step_figures(
     callers: list[Caller], sessions: list[SessionRecord], window: tuple[float, float], model_delay_s: float
 ) -> dict:
-    by_caller = {s.caller: s for s in sessions}
-    up, down, barge, first, opened = [], [], [], [], []
-    frames = {"caller_sent": 0, "caller_lost": 0, "model_sent": 0, "model_lost": 0,
-              "barge_ins": 0, "clears_missing": 0, "late_caller_frames": 0, "marks_echoed": 0}
+    by_caller: dict[int, list[SessionRecord]] = {}
+    for session in sessions:
+        by_caller.setdefault(session.caller, []).append(session)
+    up, down, barge, first, opened, webhook = [], [], [], [], [], []
+    frames = {"caller_sent": 0, "caller_dropped_at_start": 0, "caller_lost": 0, "model_sent": 0,
+              "model_discarded_on_barge_in": 0, "model_lost": 0, "barge_ins": 0, "clears_missing": 0,
+              "late_caller_frames": 0, "marks_echoed": 0}
     unmatched = 0
     for caller in callers:
-        session = by_caller.get(caller.index)
-        frames["caller_sent"] += len(caller.sent_at)
+        mine = by_caller.get(caller.index, [])
+        frames["caller_sent"] += len(caller.counted_sent_at)
         frames["late_caller_frames"] += caller.late_frames
         frames["marks_echoed"] += caller.marks_echoed
-        if session is None or caller.started_at is None:
+        if caller.webhook_s is not None:
+            webhook.append(caller.webhook_s)
+        if not mine or caller.started_at is None or caller.began_at is None:
             unmatched += 1
-            frames["caller_lost"] += len(caller.sent_at)
+            frames["caller_lost"] += len(caller.counted_sent_at)
             continue
-        frames["model_sent"] += session.bytes_out // DOWN // FRAME_BYTES
-        latencies, lost = caller_to_model(caller, session, window)
+        frames["model_sent"] += sum(len(s.audio_out_at) for s in mine) * FRAMES_PER_CHUNK
+        latencies, dropped, lost = caller_to_model(caller, mine, window)
         up += latencies
+        frames["caller_dropped_at_start"] += dropped
         frames["caller_lost"] += lost
-        latencies, lost = model_to_caller(caller, session, window)
+        latencies, discarded, lost = model_to_caller(caller, mine, window)
         down += latencies
+        frames["model_discarded_on_barge_in"] += discarded
         frames["model_lost"] += lost
-        latencies, missing = barge_ins(caller, session, window)
+        latencies, missing = barge_ins(caller, mine, window)
         barge += latencies
-        frames["barge_ins"] += len(session.interrupted_at)
+        frames["barge_ins"] += sum(len(s.interrupted_at) for s in mine)
         frames["clears_missing"] += missing
-        opened.append(session.setup_at - caller.started_at)
+        opened.append(mine[0].setup_at - caller.began_at)
         if caller.audio_at:
-            first.append(caller.audio_at[0] - caller.started_at - model_delay_s)
+            first.append(caller.audio_at[0] - caller.began_at - model_delay_s)
+    indices = {caller.index for caller in callers}
     return {
         "caller_to_model_ms": summary(up),
         "model_to_caller_ms": summary(down),
         "barge_in_ms": summary(barge),
         "first_audio_ms": summary(first),
         "session_open_ms": summary(opened),
+        "webhook_ms": summary(webhook),
         "frames": frames,
         "calls_without_session": unmatched,
+        "sessions_unmatched": sum(1 for s in sessions if s.caller not in indices),
         "caller_errors": sum(len(c.errors) for c in callers),
     }

@@ -1,6 +1,7 @@
 """Load bench: added latency and capacity of the service with N concurrent real-time calls.
 
     python -m bench.load [--calls 10,50,100] [--seconds 10] [--profile] [--target URL]
+    python -m bench.load --target http://127.0.0.1:8766 --pid PID --health-path none --voice-path /
 
 For each step N it starts the service (`python -m phonebot serve`, one uvicorn worker) on a
 fresh port, makes one warm-up call, then ramps up N callers and measures a window of `--seconds`
@@ -11,8 +12,10 @@ runs out of CPU; it prints a table and writes JSON to bench/results/.
 One process (this one) runs the load generator and the fake Gemini Live model on one event loop:
 they share the monotonic clock and their records without any cross-process plumbing. Where the
 machine has two cores or more, the service is pinned to the first and this process (and py-spy)
-to the second. `--target` drives a service the bench did not start; the bench still runs the
-fake model and prints the environment that service needs.
+to the second. `--target` drives a service the bench did not start, phonebot or another bot;
+the bench still runs the fake model and prints the environment that service needs. Such a bot
+need not have phonebot's routes: `--health-path none` (a TCP connect says it is up),
+`--voice-path` (its Twilio voice webhook, or none: stream straight to `--media-path`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from urllib.parse import urlsplit
 
 from bench.fake_model import FakeModel, Script, make_tls
 from bench.report import COLUMNS, disturbed, print_profile, row, verdict, warnings
-from bench.service import CLK_TCK, CORES, ProcStats, Service, core_ticks, http_ok, pin, service_env
-from bench.step import ACCOUNT_SID, AUTH_TOKEN, Step
+from bench.service import CLK_TCK, CORES, ProcStats, Service, core_ticks, pin, reachable, service_env
+from bench.step import Step
+from bench.voice import ACCOUNT_SID, AUTH_TOKEN, Line
 
 DEFAULT_STEPS = [10, 50, 100, 200, 400, 800, 1600, 3200]
 RESULTS = Path(__file__).parent / "results"
@@ -48,6 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-delay", type=float, default=0.0, help="the fake model's think time before a turn, s")
     parser.add_argument("--target", help="drive this running service (http://host:port) instead of starting one")
     parser.add_argument("--pid", type=int, help="with --target: the service's pid, for its CPU and memory figures")
+    parser.add_argument("--health-path", default="/healthz",
+                        help="with --target: GET this until it answers 200 before each step; 'none': a TCP connect")
+    parser.add_argument("--voice-path", default="/twilio/voice",
+                        help="the Twilio voice webhook each call POSTs first (its TwiML names the stream);"
+                             " 'none': stream straight to --media-path")
+    parser.add_argument("--media-path", default="/twilio/media", help="with --voice-path none: the media stream's path")
+    parser.add_argument("--target-wait", type=float, default=60.0,
+                        help="with --target: how long to wait for it to come up (default 60 s)")
     parser.add_argument("--model-port", type=int, default=0, help="port of the fake model (default: any free one)")
     parser.add_argument("--tls-dir", type=Path, help="where the fake model's CA and certificate live (reused)")
     parser.add_argument("--print-env", action="store_true", help="print the env a --target service needs, and exit")
@@ -64,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--calls, --seconds and --ramp must be positive")
     if args.target and urlsplit(args.target).scheme not in ("http", "ws"):
         parser.error("--target must be http://host:port or ws://host:port (the callers speak plain ws)")
+    args.health_path = None if args.health_path.lower() == "none" else args.health_path
+    args.voice_path = None if args.voice_path.lower() == "none" else args.voice_path
     return args
 
 
@@ -191,20 +205,26 @@ async def run_step(n: int, args: argparse.Namespace, model: FakeModel, env: dict
     if args.target:
         target = urlsplit(args.target)
         host, port = target.hostname or "127.0.0.1", target.port or 80
-        if not await http_ok(host, port, "/healthz", timeout=5):
-            raise SystemExit(f"no service answers GET {args.target}/healthz")
+        if not await reachable(host, port, args.health_path, args.target_wait):
+            what = f"GET {args.health_path}" if args.health_path else "a TCP connect"
+            raise SystemExit(f"{args.target} did not answer {what} within {args.target_wait:.0f} s")
         stats = ProcStats(args.pid) if args.pid else None
-        return await Step(n, args, model, host, port, stats, workdir).run()
+        return await Step(n, args, model, _line(args, host, port), stats, workdir).run()
     service = Service(env, workdir, CORES[0] if pin_service else None)
     try:
         await service.ready()
         core = CORES[0] if service.pinned else None
-        return await Step(n, args, model, "127.0.0.1", service.port, service.stats, workdir, core).run()
+        line = _line(args, "127.0.0.1", service.port)
+        return await Step(n, args, model, line, service.stats, workdir, core).run()
     except Exception:
         print(f"the service's log ({service.log_path}) ends with:\n{service.log_tail()}", file=sys.stderr)
         raise
     finally:
         await service.stop()
+
+
+def _line(args: argparse.Namespace, host: str, port: int) -> Line:
+    return Line(host, port, args.voice_path, args.media_path)
 
 
 def main(argv: list[str] | None = None) -> int:

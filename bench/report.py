@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+# lost: frames that never arrived; dropped@start: caller frames a bot dropped before its model
+# session was ready; discarded@barge: bot frames it dropped because the caller barged in.
 COLUMNS = ("calls  up p50/p99 ms  down p50/p99 ms  barge p50/p99 ms  1st audio p50/p99  lost up/down"
-            "  svc CPU%  %/call  MB/call  gen CPU%  other%")
+            "  dropped@start  discarded@barge  svc CPU%  %/call  MB/call  gen CPU%  other%")
 
 
 def _pair(summary: dict) -> str:
@@ -22,7 +24,8 @@ def row(step: dict) -> str:
     return (
         f"{step['calls']:5d}  {_pair(step['caller_to_model_ms']):>14}  {_pair(step['model_to_caller_ms']):>15}"
         f"  {_pair(step['barge_in_ms']):>16}  {_pair(step['first_audio_ms']):>17}"
-        f"  {frames['caller_lost']:>5d}/{frames['model_lost']:<6d}  {fmt(cpu['core_pct'], '8.1f')}"
+        f"  {frames['caller_lost']:>5d}/{frames['model_lost']:<6d}  {frames['caller_dropped_at_start']:>13d}"
+        f"  {frames['model_discarded_on_barge_in']:>15d}  {fmt(cpu['core_pct'], '8.1f')}"
         f"  {fmt(cpu['pct_per_call'], '6.3f')}  {fmt(rss['mb_per_call'], '7.3f')}  {step['loadgen_cpu_pct']:8.1f}"
         f"  {step['machine_load']['other_cpu_pct']:6.1f}"
     )

@@ -138,6 +138,24 @@ def service_env(model_url: str, ca_file: str | Path, auth_token: str, account_si
     }
 
 
+async def reachable(host: str, port: int, health_path: str | None, wait_s: float) -> bool:
+    """Whether, within wait_s, GET health_path answers 200 (or, with no path, a TCP connect works)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if health_path is not None:
+            if await http_ok(host, port, health_path):
+                return True
+        else:
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection(host, port)
+                    writer.close()
+                    return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
 async def http_ok(host: str, port: int, path: str, timeout: float = 1.0) -> bool:
     """Whether GET path answers 200."""
     try:

@@ -2,8 +2,14 @@
 
 A step makes one warm-up call (so the first of the N does not pay for imports and the SDK's
 client), ramps the N calls up, lets the service settle, then measures a window: CPU and RSS of
-the service, CPU of this process and how late its loop runs, other programs' CPU. Then no new
-audio is sent either way, what is in flight is let arrive, and every call hangs up.
+the service, CPU of this process and how late its loop runs, other programs' CPU. Then the model
+ends its turns and starts none, the callers' further frames no longer count (they go on, as a
+phone line does, so a bot's resampler is not left holding counted audio), what is in flight is
+let arrive, and every call hangs up.
+
+If the warm-up call's model session did not name its caller (a bot other than phonebot), the
+calls are dialled one at a time, each once the one before has its session, so the fake model can
+tell whose session is whose by the order they open in.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ from pathlib import Path
 from bench import profile
 from bench.callers import FRAME_S, Caller
 from bench.fake_model import FakeModel
-from bench.figures import DOWN, MODEL_BLOCK, step_figures, summary
+from bench.figures import step_figures, summary
 from bench.service import Neighbours, ProcStats
+from bench.voice import Line
 
 P99_LIMIT_MS = 20.0
 LOADGEN_LIMIT_PCT = 90.0  # above this the load generator, not the service, may be what is slow
-AUTH_TOKEN = "bench-auth-token"
-ACCOUNT_SID = "AC" + "0" * 32
 WARMUP_S = 2.0
+WARMUP_CALLER = 9_999_999
 SETTLE_S = 2.0
 DRAIN_S = 3.0
+QUIET_S = 0.3  # the end of a step: no bot audio for this long, and every session has heard...
+MARGIN_S = 0.3  # ...this much caller audio past the counted frames (so none is held in a resampler)
+SESSION_WAIT_S = 10.0  # dialling in order: how long one call may take to get its model session
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -61,27 +70,46 @@ class LoopLag:
 class Step:
     """One step: N callers against one service, and the figures they give."""
 
-    def __init__(self, n: int, args: argparse.Namespace, model: FakeModel, host: str, port: int,
+    def __init__(self, n: int, args: argparse.Namespace, model: FakeModel, line: Line,
                  stats: ProcStats | None, workdir: Path, service_core: int | None = None) -> None:
-        self.n, self.args, self.model, self.host, self.port = n, args, model, host, port
+        self.n, self.args, self.model, self.line = n, args, model, line
         self.stats, self.workdir, self.service_core = stats, workdir, service_core
         self.me = ProcStats(os.getpid())
 
     def caller(self, index: int) -> Caller:
-        return Caller(index, self.host, self.port, AUTH_TOKEN)
+        return Caller(index, self.line)
 
-    async def warm_up(self) -> None:
-        """One short call, so the first of the N does not pay for imports and the SDK's client."""
-        caller = self.caller(9_999_999)
-        await asyncio.wait_for(caller.dial(), 10)
+    async def warm_up(self) -> bool:
+        """One short call, so the first of the N does not pay for imports and the SDK's client.
+        Whether its model session named its caller."""
+        caller = self.caller(WARMUP_CALLER)
+        dial = await self._dial_in_order(caller)
+        await asyncio.wait_for(dial, 10)
         await asyncio.sleep(WARMUP_S)
         await caller.hang_up()
         if not caller.audio_total:
             raise RuntimeError(f"the warm-up call got no bot audio (errors: {caller.errors})")
+        session = next((s for s in self.model.sessions if s.caller == WARMUP_CALLER), None)
+        if session is None:
+            raise RuntimeError("the warm-up call's model session was not told apart")
+        return session.numbered
+
+    async def _dial_in_order(self, caller: Caller) -> asyncio.Task[None]:
+        """Dial, and return once the fake model has this call's session (or it failed, or
+        SESSION_WAIT_S passed): the next unnumbered session is this caller's."""
+        self.model.expecting = caller.index
+        session = self.model.session_of(caller.index)
+        dial = asyncio.create_task(caller.dial())
+        dial.add_done_callback(lambda task: session.cancel() if task.cancelled() or task.exception() else None)
+        await asyncio.wait({session}, timeout=SESSION_WAIT_S)
+        session.cancel()
+        if self.model.expecting == caller.index:
+            self.model.expecting = None
+        return dial
 
     async def run(self) -> dict:
         self.model.reset()
-        await self.warm_up()
+        numbered = await self.warm_up()
         self.model.reset()
         rss0 = self.stats.rss_bytes() if self.stats else None
         callers = [self.caller(i) for i in range(self.n)]
@@ -90,7 +118,7 @@ class Step:
         for i, caller in enumerate(callers):
             # Spread the calls' 20 ms frame clocks over the frame period (golden-ratio steps).
             await _sleep_until(ramp_start + i / self.args.ramp + (i * 0.618034 % 1) * FRAME_S)
-            dials.append(asyncio.create_task(caller.dial()))
+            dials.append(asyncio.create_task(caller.dial()) if numbered else await self._dial_in_order(caller))
         _, pending = await asyncio.wait(dials, timeout=30)
         for task in pending:  # a call that could not even connect in 30 s has failed
             task.cancel()
@@ -111,11 +139,13 @@ class Step:
         lag.stop()
         machine_load = await neighbours.stop(window[1] - window[0])
 
-        # The end: no new audio either way, then wait (bounded) for what is in flight to arrive.
+        # The end: no new bot turns, no more counted caller frames; wait (bounded) for what is in flight.
         self.model.frozen = True
         for caller in callers:
-            caller.stop_media()
+            caller.count_no_more()
         await self._drain(callers)
+        for caller in callers:
+            caller.stop_media()
         figures = step_figures(callers, self.model.sessions, window, self.args.model_delay)
         hang_ups = [asyncio.create_task(caller.hang_up()) for caller in callers]
         _, pending = await asyncio.wait(hang_ups, timeout=15)
@@ -123,7 +153,8 @@ class Step:
             task.cancel()
 
         seconds = window[1] - window[0]
-        result = {"calls": self.n, "seconds": round(seconds, 3), "failed_calls": failed, **figures}
+        result = {"calls": self.n, "seconds": round(seconds, 3), "failed_calls": failed,
+                  "sessions_matched_by": "caller number" if numbered else "dial order", **figures}
         result["service_cpu"] = _cpu(cpu0, cpu1, seconds, self.n)
         result["service_rss"] = _rss(rss0, rss1, self.n)
         result["loadgen_cpu_pct"] = round(100 * (me1 - me0) / seconds, 1)
@@ -136,20 +167,15 @@ class Step:
         return result
 
     async def _drain(self, callers: list[Caller]) -> None:
-        by_caller = {s.caller: s for s in self.model.sessions}
+        heard = {id(s): s.bytes_in for s in self.model.sessions}
 
-        def arrived() -> bool:
-            for caller in callers:
-                session = by_caller.get(caller.index)
-                if session is None:
-                    continue
-                got = caller.audio_total[-1] if caller.audio_total else 0
-                if session.bytes_in < MODEL_BLOCK * len(caller.sent_at) or got < session.bytes_out // DOWN:
-                    return False
-            return True
+        def done() -> bool:
+            quiet = time.monotonic() - QUIET_S
+            return all(s.bytes_in - heard[id(s)] >= MARGIN_S * 2 * s.in_rate for s in self.model.sessions) and all(
+                not c.audio_at or c.audio_at[-1] < quiet for c in callers)
 
         deadline = time.monotonic() + DRAIN_S
-        while not arrived() and time.monotonic() < deadline:
+        while not done() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
 
