@@ -201,7 +201,7 @@ class Session(asyncio.Protocol):
             self._head += data
             if (split := wire.split_head(self._head)) is None:
                 if len(self._head) > 65536:
-                    self.abort()
+                    self._end()
                 return
             (head, data), self._head = split, None
             if not self._handshake(head):
@@ -213,7 +213,7 @@ class Session(asyncio.Protocol):
                 self._write(wire.frame(wire.PONG, payload, masked=False))
             elif opcode == wire.CLOSE:
                 self._write(wire.frame(wire.CLOSE, payload[:2], masked=False))
-                self.abort()
+                self._end()
                 return
 
     def _handshake(self, head: bytes) -> bool:
@@ -222,7 +222,7 @@ class Session(asyncio.Protocol):
         key = headers.get("sec-websocket-key")
         if len(parts) < 2 or not _PATH.match(parts[1].encode()) or not key:
             self._write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            self.abort()
+            self._end()
             return False
         self._write(wire.server_handshake(key))
         if not headers.get("x-goog-api-key") and "key=" not in parts[1]:
@@ -242,10 +242,15 @@ class Session(asyncio.Protocol):
     def close(self, code: int, reason: str = "") -> None:
         """A close frame, then the socket ends (the client's answer is not awaited)."""
         self._write(wire.frame(wire.CLOSE, code.to_bytes(2, "big") + reason.encode(), masked=False))
-        self.abort()
+        self._end()
 
     def abort(self) -> None:
-        """End the socket now."""
+        """Drop the connection: no close frame, no TLS goodbye."""
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _end(self) -> None:
         self._cancel_timer()
         if self._transport is not None:
             self._transport.close()

@@ -4,9 +4,10 @@ is replaced, and whether any of it is lost.
     python -m bench.reconnect [--switches 10]
 
 One call runs through the real app (uvicorn on 127.0.0.1) and the real google-genai SDK against
-the fake Live server of the tests; the caller streams unique 20 ms frames in real time. Each
-round the fake issues a handle, then either says goAway or drops the socket (close 1011, or
-a TCP abort with no close frame). Reported per kind:
+the load bench's fake model (`bench.fake_model`, here silent and driven by this bench); the
+caller (`bench.callers`: voice webhook, then the stream) sends unique 20 ms frames in real time.
+Each round the fake issues a handle, then either says goAway or drops the socket (close 1011,
+or a TCP abort with no close frame). Reported per kind:
 - gap: last audio message on the old connection -> first audio message on the new one
   (for a goAway this includes the new connection's TLS + setup, done while the old still flows);
 - frames lost: caller frames whose audio never reached the model, comparing the model's input,
@@ -17,24 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
 import os
 import random
 import socket
 import statistics
 import tempfile
 from typing import Any
-from urllib.parse import urlsplit
 
 import uvicorn
 
-from bench.callers import PUBLIC_URL, voice_webhook
+from bench.callers import Caller
+from bench.fake_model import FakeModel, Script, Session, make_tls
+from bench.voice import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, Line
 from phonebot import codec, logs
 from phonebot.app import UVICORN_OPTIONS, build_app
 from phonebot.settings import Settings
-from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession, make_tls
-from tests.fakes.twilio_media import FakeTwilioCall
 
-TOKEN = "bench-token"
 FRAME, PCM_PER_FRAME = 160, 640
 
 
@@ -70,68 +70,69 @@ def _coverage(audio: bytes, expected: bytes) -> tuple[set[int], int]:
     return frames, wrong
 
 
-async def _round(kind: str, n: int, session: FakeLiveSession, gemini: FakeLiveServer, model: Any) -> FakeLiveSession:
+async def _round(kind: str, n: int, session: Session, gemini: FakeModel, model: Any) -> Session:
     handle = f"{kind}-{n}"
-    await session.send_session_resumption_update(handle)
+    session.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
     await _until(lambda: model.handle == handle)
     await asyncio.sleep(0.2)  # the caller goes on talking past the handle
     if kind == "goAway":
-        await session.send_go_away("10s")
+        session.send({"goAway": {"timeLeft": "10s"}})
     elif kind == "close 1011":
-        await session.close(1011, "Internal error encountered.")
+        session.close(1011, "Internal error encountered.")
     else:
-        session._ws.transport.abort()
+        session.abort()
     replacement = await gemini.next_session()
-    await _until(lambda: replacement.audio_times)
+    await _until(lambda: replacement.record is not None and replacement.record.audio_in_at)
     await asyncio.sleep(0.2)
     return replacement
 
 
+def _arrivals(session: Session) -> list[float]:
+    assert session.record is not None
+    return session.record.audio_in_at
+
+
 async def run(switches: int) -> list[dict[str, Any]]:
     rng = random.Random(7)
-    frames = int((switches * 3 * 0.6 + 2) / 0.02)
-    mulaw = bytes(rng.randrange(256) for _ in range(frames * FRAME))
+    frames = int((switches * 3 * 2.0 + 5) / 0.02)  # more than a slow machine needs: frames must not repeat
+    mulaw = rng.randbytes(frames * FRAME)
+    payloads = [binascii.b2a_base64(mulaw[k * FRAME : (k + 1) * FRAME], newline=False).decode() for k in range(frames)]
     expected = codec.Upsampler8to16().process(codec.mulaw_to_pcm(mulaw))
     with tempfile.TemporaryDirectory() as tmp:
         server_ctx, ca = make_tls(tmp)
-        async with FakeLiveServer(server_ctx) as gemini:
-            os.environ.update(GOOGLE_GEMINI_BASE_URL=gemini.base_url, SSL_CERT_FILE=ca, GOOGLE_API_KEY="bench")
-            settings = Settings(
-                public_url=PUBLIC_URL, twilio_auth_token=TOKEN, twilio_account_sid="AC0", google_api_key="bench",
-                database_url=f"sqlite+aiosqlite:///{tmp}/phonebot.db",
-            )
-            server, task, port, app = await _serve(settings)
-            form = {"CallSid": "CA" + "1" * 32, "From": "+14155550123", "To": "+14155550199", "Direction": "inbound"}
-            stream_url = await voice_webhook("127.0.0.1", port, TOKEN, form)
-            call = FakeTwilioCall(
-                f"ws://127.0.0.1:{port}{urlsplit(stream_url).path}",
-                signature=FakeTwilioCall.sign(TOKEN, stream_url),
-                call_sid=form["CallSid"],
-            )
-            await call.connect()
-            session = await gemini.next_session()
-            talking = asyncio.create_task(call.send_audio(mulaw, realtime=True))
-            await _until(lambda: session.audio_times)
-            model = next(iter(app.state.calls.active.values())).model
-            rows: dict[str, list[float]] = {}
-            for n in range(switches):
-                for kind in ("goAway", "close 1011", "TCP abort"):
-                    old = session
-                    session = await _round(kind, n, session, gemini, model)
-                    gap = session.audio_times[0] - old.audio_times[-1]
-                    rows.setdefault(kind, []).append(max(0.0, gap) * 1000)
-            talking.cancel()
-            await asyncio.sleep(0.05)
-            covered, wrong = set(), 0
-            for each in gemini.sessions:
-                frames_of, wrong_of = _coverage(bytes(each.audio), expected)
-                covered |= frames_of
-                wrong += wrong_of
-            sent = max(covered) + 1
-            lost = sent - len(covered) + wrong
-            await call.hangup()
-            server.should_exit = True
-            await task
+        gemini = FakeModel(server_ctx, Script(talks=False), driven=True)
+        await gemini.start()
+        os.environ.update(GOOGLE_GEMINI_BASE_URL=gemini.base_url, SSL_CERT_FILE=str(ca), GOOGLE_API_KEY="bench")
+        settings = Settings(public_url=PUBLIC_URL, twilio_auth_token=AUTH_TOKEN, twilio_account_sid=ACCOUNT_SID,
+                            google_api_key="bench", database_url=f"sqlite+aiosqlite:///{tmp}/phonebot.db")
+        server, task, port, app = await _serve(settings)
+        call = Caller(0, Line("127.0.0.1", port), payloads=payloads)
+        await call.dial()
+        session = await gemini.next_session()
+        await _until(lambda: _arrivals(session))
+        model = next(iter(app.state.calls.active.values())).model
+        rows: dict[str, list[float]] = {}
+        for n in range(switches):
+            for kind in ("goAway", "close 1011", "TCP abort"):
+                old = session
+                session = await _round(kind, n, session, gemini, model)
+                gap = _arrivals(session)[0] - _arrivals(old)[-1]
+                rows.setdefault(kind, []).append(max(0.0, gap) * 1000)
+        call.stop_media()
+        await asyncio.sleep(0.05)
+        if len(call.sent_at) >= frames:
+            raise RuntimeError(f"the caller ran out of unique frames ({frames}); lost frames cannot be told")
+        covered, wrong = set(), 0
+        for each in gemini.sessions:
+            frames_of, wrong_of = _coverage(bytes(each.audio), expected)
+            covered |= frames_of
+            wrong += wrong_of
+        sent = max(covered) + 1
+        lost = sent - len(covered) + wrong
+        await call.hang_up()
+        server.should_exit = True
+        await task
+        await gemini.stop()
     return [
         {
             "kind": kind,

@@ -42,3 +42,9 @@ def test_sides_do_not_know_each_other(folder: str, forbidden: tuple[str, ...]) -
 
 def test_codec_is_pure() -> None:
     assert imports_of(PACKAGE / "codec.py") <= {"__future__", "sys", "warnings", "numpy", "audioop"}
+
+
+def test_bench_does_not_depend_on_the_tests() -> None:
+    for path in sorted((PACKAGE.parent / "bench").rglob("*.py")):
+        wrong = {name for name in imports_of(path) if name == "tests" or name.startswith("tests.")}
+        assert not wrong, f"{path.relative_to(PACKAGE.parent)} imports {wrong}"
