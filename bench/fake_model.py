@@ -45,7 +45,7 @@ import trustme
 
 from bench import tones, wire
 
-CHUNK_S = tones.MODEL.unit_s
+CHUNK_S = tones.MODEL_VOICES[0].unit_s
 CHUNK_BYTES = 1920  # 40 ms of 24 kHz 16-bit mono
 _PATH = re.compile(rb"^/+ws/google\.ai\.generativelanguage\.[\w.]+\.GenerativeService\.BidiGenerateContent")
 CALLER_NUMBER = re.compile(rb"\+1999(\d{7})")
@@ -99,13 +99,14 @@ def _server_frame(message: dict) -> bytes:
     return wire.frame(wire.BINARY, json.dumps(message, separators=(",", ":")).encode(), masked=False)
 
 
-def _audio(tone: int) -> bytes:
-    pcm = tones.MODEL.pcm16(24000, tone, 1)
+def _audio(voice: tones.Voice, unit: int) -> bytes:
+    pcm = voice.pcm16(24000, unit, 1)
     return _server_frame({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
         "mimeType": "audio/pcm;rate=24000", "data": binascii.b2a_base64(pcm, newline=False).decode()}}]}}})
 
 
-_AUDIO = [_audio(tone) for tone in range(tones.PERIOD)]  # chunk k of a session is tone k + its shift
+# Chunk k of a session in its voice (sessions take the voices in turn).
+_AUDIO = [[_audio(voice, unit) for unit in range(tones.PERIOD)] for voice in tones.MODEL_VOICES]
 _SETUP_COMPLETE = _server_frame({"setupComplete": {}})
 _INTERRUPTED = _server_frame({"serverContent": {"interrupted": True}})
 _TURN_END = _server_frame({"serverContent": {"generationComplete": True}}) + _server_frame(
@@ -133,7 +134,7 @@ class SessionRecord:
     caller: int  # UNMATCHED if no caller could be told
     setup_at: float
     numbered: bool  # the setup named the caller
-    tone_shift: int = 0  # chunk k is tone k + this (sessions of one call say different things)
+    voice_index: int = 0  # which of tones.MODEL_VOICES it speaks in
     cue_at: float | None = None
     in_rate: int = 16000  # of the caller audio, from its mime type
     audio: bytearray = field(default_factory=bytearray)  # all the caller audio it heard (what it is
@@ -155,7 +156,7 @@ class SessionRecord:
 
     @property
     def voice(self) -> tones.Voice:
-        return tones.MODEL.shifted(self.tone_shift)
+        return tones.MODEL_VOICES[self.voice_index]
 
     @property
     def interrupted_at(self) -> list[float]:
@@ -313,8 +314,8 @@ class Session(asyncio.Protocol):
             caller = int(handle.group(1))
         else:
             caller = self._model.claim_unnumbered()
-        shift = 97 * len(self._model.sessions) % tones.PERIOD
-        self.record = SessionRecord(caller=caller, setup_at=now, numbered=numbered is not None, tone_shift=shift)
+        voice = self._model.opened_count % len(tones.MODEL_VOICES)
+        self.record = SessionRecord(caller=caller, setup_at=now, numbered=numbered is not None, voice_index=voice)
         self._rng = random.Random(caller)
         self._resumption = b'"sessionResumption"' in payload
         self._transparent = b'"transparent":true' in payload.replace(b" ", b"")
@@ -365,7 +366,7 @@ class Session(asyncio.Protocol):
             self._write(_TURN_END)
             self._end_turn()
             return
-        self._write(_AUDIO[(record.tone_shift + len(record.audio_out_at)) % tones.PERIOD])
+        self._write(_AUDIO[record.voice_index][len(record.audio_out_at) % tones.PERIOD])
         record.audio_out_at.append(time.monotonic())
         record.audio_out_total.append(record.bytes_out + CHUNK_BYTES)
         if self._chunk % 5 == 4:
@@ -409,6 +410,7 @@ class FakeModel:
         self.sessions: list[SessionRecord] = []
         self.frozen = False  # True: start no new turn, end the current ones (the end of a step)
         self.expecting: int | None = None  # the caller being dialled, for an unnumbered session
+        self.opened_count = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._new: asyncio.Queue[Session] = asyncio.Queue()
@@ -436,6 +438,7 @@ class FakeModel:
 
     def opened(self, session: Session) -> None:
         assert session.record is not None
+        self.opened_count += 1
         self.sessions.append(session.record)
         if self.driven:
             self._new.put_nowait(session)

@@ -11,7 +11,8 @@ re-times audio shifts nothing after it:
   drops what it had queued); every other chunk that never arrived is **lost**.
 - barge-in: `interrupted` sent -> the first `clear` the caller received after it, before the
   next turn began.
-Loss is counted in 20 ms frames.
+Loss is counted in 20 ms frames: whole caller frames up, and the bot's missing audio per turn,
+in 20 ms, down.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from bench import tones
 from bench.callers import Caller
 from bench.fake_model import SessionRecord
 
-FRAMES_PER_CHUNK = round(tones.MODEL.unit_s / tones.CALLER.unit_s)
+FRAMES_PER_CHUNK = round(tones.MODEL_VOICES[0].unit_s / tones.CALLER.unit_s)
+FRAME_SAMPLES = 160  # 20 ms at the caller's 8 kHz
 
 
 def summary(seconds: Iterable[float]) -> dict[str, float | int | None]:
@@ -71,15 +73,17 @@ def model_to_caller(
         arrived = tones.arrivals(session.voice, rx, segments, len(session.audio_out_at))
         latencies += [t - s for s, t in zip(session.audio_out_at, arrived, strict=True)
                       if t is not None and window[0] <= s <= window[1]]
+        n = session.voice.samples(rx.rate)
         for j, turn in enumerate(session.turns):
-            end = session.turns[j + 1].first_chunk if j + 1 < len(session.turns) else len(arrived)
-            mine = arrived[turn.first_chunk : end]
-            missing = [t is None for t in mine]
-            if turn.interrupted_at is not None:
-                heard = max((i + 1 for i, t in enumerate(mine) if t is not None), default=0)
-                discarded += (len(mine) - heard) * FRAMES_PER_CHUNK
-                missing = missing[:heard]
-            lost += sum(missing) * FRAMES_PER_CHUNK
+            start = turn.first_chunk * n
+            end = (session.turns[j + 1].first_chunk if j + 1 < len(session.turns) else len(arrived)) * n
+            parts = tones.covered(segments, start, end, rx.rate)
+            missing = end - start - sum(hi - lo for lo, hi in parts)
+            if turn.interrupted_at is not None:  # what the bot dropped after the last it played
+                tail = end - (parts[-1][1] if parts else start)
+                discarded += tail // FRAME_SAMPLES
+                missing -= tail
+            lost += missing // FRAME_SAMPLES
     return latencies, discarded, lost
 
 

@@ -29,6 +29,7 @@ TOLERANCE_S = 0.0025  # a unit has arrived when its audio up to this long before
 # a resampler's own filter delay (phonebot's is under 2 ms, measured by bench.codec) is not
 # counted as latency, as it was not when units were matched by byte count.
 GIVE_UP = 50  # windows in a row that match nothing: stop looking
+EDGE = 0.2  # a sample this far (of the amplitude) from what was sent is not part of a stretch
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +51,33 @@ class Voice:
         cycles = np.asarray(self.cycles)[units % PERIOD]
         return self.amplitude * np.sin(2 * np.pi * cycles * within / n)
 
-    def shifted(self, units: int) -> Voice:
-        """The same voice, starting `units` into its order."""
-        k = units % PERIOD
-        return Voice(self.unit_s, self.cycles[k:] + self.cycles[:k], self.amplitude)
-
     def pcm16(self, rate: int, first_unit: int, units: int) -> bytes:
         n = self.samples(rate)
         return np.round(self.pcm(rate, first_unit * n, units * n)).astype("<i2").tobytes()
 
 
-CALLER = Voice(0.02, tuple(random.Random(20).choices(range(4, 64), k=PERIOD)), 3000.0)  # 200-3150 Hz
-MODEL = Voice(0.04, tuple(random.Random(40).choices(range(8, 120), k=PERIOD)), 6000.0)  # 200-2975 Hz
+def _orders(cycles: range, count: int, seed: int) -> list[tuple[int, ...]]:
+    """`count` orders of PERIOD tones in which no two tones in a row (round the period) come twice
+    in any of them: any stretch of two whole units is found in one place only."""
+    rng, seen, orders = random.Random(seed), set(), []
+    while len(orders) < count:
+        order = [rng.choice(cycles)]
+        while len(order) < PERIOD:
+            options = [c for c in cycles if (order[-1], c) not in seen]
+            order.append(rng.choice(options))
+            seen.add((order[-2], order[-1]))
+        if (order[-1], order[0]) in seen:  # the pair round the period
+            seen -= set(zip(order, order[1:], strict=False))
+            continue
+        seen.add((order[-1], order[0]))
+        orders.append(tuple(order))
+    return orders
+
+
+CALLER = Voice(0.02, _orders(range(4, 64), 1, 20)[0], 3000.0)  # 200-3150 Hz
+# The model's (200-2975 Hz): a few orders, so that two sessions of one call say different things.
+MODEL_VOICES = tuple(Voice(0.04, order, 6000.0) for order in _orders(range(8, 120), 8, 40))
+SPAN_UNITS = 3  # a stretch is looked for, and kept, only with this many units of audio in it
 
 
 def caller_payloads() -> list[str]:
@@ -123,7 +139,7 @@ def locate(voice: Voice, x: np.ndarray, rate: int, last_unit: int) -> int | None
     corr = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(x, size)), size)[: len(reference) - len(x) + 1]
     energy = np.concatenate([[0.0], np.cumsum(reference**2)])
     window = np.sqrt(np.maximum(energy[len(x) :] - energy[: -len(x)], 1e-9))[: len(corr)]
-    score = corr / (window * np.sqrt(np.dot(x, x)))
+    score = (corr / (window * np.sqrt(np.dot(x, x))))[: pad + (last_unit + 1) * n - first]  # starts already sent
     best = int(np.argmax(score))
     return best - pad + first if score[best] >= MATCH else None
 
@@ -134,29 +150,51 @@ def track(voice: Voice, rx: Received, sent_at: list[float]) -> list[Segment]:
     x, w = rx.pcm, rx.rate // 50
     windows = len(x) // w
     power = np.einsum("ij,ij->i", x[: windows * w].reshape(-1, w), x[: windows * w].reshape(-1, w)) / w
-    silent = power < SILENT * voice.amplitude**2 / 2
+    silent = np.append(power < SILENT * voice.amplitude**2 / 2, True)
+    span = SPAN_UNITS * voice.samples(rx.rate) // w  # windows
     segments: list[Segment] = []
     pos, misses = 0, 0
     while pos < windows and misses < GIVE_UP:
-        if silent[pos]:
+        if silent[pos : pos + span].any():
             pos += 1
             continue
-        last = bisect_left(sent_at, rx.time_of((pos + 1) * w - 1)) - 1
-        found = None if last < 0 else locate(voice, x[pos * w : (pos + 2) * w], rx.rate, last)
-        if found is None:
+        end = min(len(x), (pos + span) * w)
+        last = bisect_left(sent_at, rx.time_of(end - 1)) - 1
+        found = None if last < 0 else locate(voice, x[pos * w : end], rx.rate, last)
+        segment = None if found is None else _follow(voice, x, rx.rate, pos, found, silent, span)
+        if segment is None:  # nothing there, or a tone like it for a moment: not a stretch
             pos, misses = pos + 1, misses + 1
             continue
         misses = 0
-        segment = Segment(pos * w, pos * w, found)
-        ref = voice.pcm(rx.rate, found, (windows - pos) * w)
-        bad = ~(_window_scores(x[pos * w : windows * w], ref, w) >= MATCH) | silent[pos:]
-        stop = pos + (int(np.argmax(bad)) if bad.any() else windows - pos)
-        segment.rx_end = max(stop, pos + 1) * w
-        if segments and segments[-1].rx_end >= segment.rx_start - 2 * w:
+        if segments and segments[-1].rx_end >= segment.rx_start - w:  # one window straddled a jump
             _split(voice, x, rx.rate, segments[-1], segment)
         segments.append(segment)
-        pos = max(stop, pos + 1)
+        pos = -(-segment.rx_end // w)
     return segments
+
+
+def _follow(voice: Voice, x: np.ndarray, rate: int, pos: int, found: int, silent: np.ndarray,
+            span: int) -> Segment | None:
+    """The stretch from window `pos` on that continues sender sample `found`, as long as every 20 ms
+    window matches; None unless `span` windows do (or the audio ends)."""
+    w = rate // 50
+    windows = len(x) // w
+    ref = voice.pcm(rate, found, len(x) - pos * w)
+    bad = ~(_window_scores(x[pos * w : windows * w], ref, w) >= MATCH) | silent[pos:windows]
+    good = int(np.argmax(bad)) if bad.any() else windows - pos
+    if good < min(span, windows - pos):
+        return None
+    end = (pos + good) * w
+    tail = x[end:]  # the last, shorter window, if the stretch reaches it
+    if good == windows - pos and len(tail) >= w // 4 and _window_scores(tail, ref[end - pos * w :], len(tail))[0] >= MATCH:
+        end = len(x)
+    # A window matches as a whole with a little silence or other audio at an edge: trim that off.
+    wrong = np.flatnonzero(np.abs(x[pos * w : end] - ref[: end - pos * w]) > EDGE * voice.amplitude)
+    head = wrong[wrong < w]
+    rear = wrong[wrong >= end - pos * w - w]
+    start = pos * w + (int(head[-1]) + 1 if len(head) else 0)
+    end = pos * w + int(rear[0]) if len(rear) else end
+    return Segment(start, end, found + start - pos * w) if end > start else None
 
 
 def _split(voice: Voice, x: np.ndarray, rate: int, before: Segment, after: Segment) -> None:
@@ -189,3 +227,18 @@ def arrivals(voice: Voice, rx: Received, segments: list[Segment], units: int) ->
                 if found[u] is None or t < found[u]:  # type: ignore[operator]
                     found[u] = t
     return found
+
+
+def covered(segments: list[Segment], start: int, end: int, rate: int) -> list[tuple[int, int]]:
+    """The parts of sender samples [start, end) that arrived, merged, in order. A part shorter than
+    TOLERANCE_S is a filter's delay reaching across a jump, not audio that arrived."""
+    parts = sorted((max(start, s.tx_start), min(end, s.tx_start + s.rx_end - s.rx_start)) for s in segments)
+    merged: list[tuple[int, int]] = []
+    for lo, hi in parts:
+        if hi - lo < TOLERANCE_S * rate:
+            continue
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
