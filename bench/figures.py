@@ -88,7 +88,7 @@ def model_to_caller(
 
 
 def barge_ins(caller: Caller, sessions: list[SessionRecord], window: tuple[float, float]) -> tuple[list[float], int]:
-    """`interrupted` sent -> the turn's first `clear` received, for barge-ins in the window; and clears that never came."""
+    """`interrupted` sent -> the turn's first `clear` received, for barge-ins in the window; clears that never came."""
     starts = sorted(turn.started_at for session in sessions for turn in session.turns)
     latencies, missing = [], 0
     for turn in (turn for session in sessions for turn in session.turns):

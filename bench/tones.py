@@ -17,6 +17,7 @@ import binascii
 import random
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Voice:
 def _orders(cycles: range, count: int, seed: int) -> list[tuple[int, ...]]:
     """`count` orders of PERIOD tones in which no two tones in a row (round the period) come twice
     in any of them: any stretch of two whole units is found in one place only."""
-    rng, seen, orders = random.Random(seed), set(), []
+    rng, seen, orders = random.Random(seed), set[tuple[int, int]](), list[tuple[int, ...]]()
     while len(orders) < count:
         order = [rng.choice(cycles)]
         while len(order) < PERIOD:
@@ -67,7 +68,7 @@ def _orders(cycles: range, count: int, seed: int) -> list[tuple[int, ...]]:
             order.append(rng.choice(options))
             seen.add((order[-2], order[-1]))
         if (order[-1], order[0]) in seen:  # the pair round the period
-            seen -= set(zip(order, order[1:], strict=False))
+            seen -= set(pairwise(order))
             continue
         seen.add((order[-1], order[0]))
         orders.append(tuple(order))
@@ -136,7 +137,8 @@ def locate(voice: Voice, x: np.ndarray, rate: int, last_unit: int) -> int | None
     pad = len(x) if first == 0 else 0  # room for a negative start
     reference = np.concatenate([np.zeros(pad), voice.pcm(rate, first, (last_unit + 2) * n - first + len(x))])
     size = 1 << (len(reference) + len(x)).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(x, size)), size)[: len(reference) - len(x) + 1]
+    spectrum = np.fft.rfft(reference, size) * np.conj(np.fft.rfft(x, size))
+    corr = np.fft.irfft(spectrum, size)[: len(reference) - len(x) + 1]
     energy = np.concatenate([[0.0], np.cumsum(reference**2)])
     window = np.sqrt(np.maximum(energy[len(x) :] - energy[: -len(x)], 1e-9))[: len(corr)]
     score = (corr / (window * np.sqrt(np.dot(x, x))))[: pad + (last_unit + 1) * n - first]  # starts already sent
@@ -186,8 +188,8 @@ def _follow(voice: Voice, x: np.ndarray, rate: int, pos: int, found: int, silent
         return None
     end = (pos + good) * w
     tail = x[end:]  # the last, shorter window, if the stretch reaches it
-    if good == windows - pos and len(tail) >= w // 4 and _window_scores(tail, ref[end - pos * w :], len(tail))[0] >= MATCH:
-        end = len(x)
+    if good == windows - pos and len(tail) >= w // 4:
+        end = len(x) if _window_scores(tail, ref[end - pos * w :], len(tail))[0] >= MATCH else end
     # A window matches as a whole with a little silence or other audio at an edge: trim that off.
     wrong = np.flatnonzero(np.abs(x[pos * w : end] - ref[: end - pos * w]) > EDGE * voice.amplitude)
     head = wrong[wrong < w]

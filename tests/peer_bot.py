@@ -28,8 +28,8 @@ from google.genai import types
 from websockets.asyncio.server import ServerConnection, serve
 
 from phonebot import codec
+from phonebot.settings import DEFAULT_MODEL
 
-MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
 CHUNK_S = 0.04  # the model's chunks as they come; paced out one per 40 ms of audio
 PREBUFFER_S = 0.06
 
@@ -97,7 +97,7 @@ async def call(ws: ServerConnection) -> None:
             nonlocal session
             client = genai.Client(api_key=os.environ["GOOGLE_API_KEY"])
             config = types.LiveConnectConfig(response_modalities=[types.Modality.AUDIO])
-            opened = await stack.enter_async_context(client.aio.live.connect(model=MODEL, config=config))
+            opened = await stack.enter_async_context(client.aio.live.connect(model=DEFAULT_MODEL, config=config))
             await opened.send_client_content(
                 turns=[types.Content(role="user", parts=[types.Part(text="Greet the caller.")])], turn_complete=True)
             assert player is not None

@@ -22,7 +22,7 @@ def test_caller_audio_dropped_at_start_and_lost_mid_stream() -> None:
     gap = (100 * 320 + UP_DELAY + 100, 103 * 320 + UP_DELAY + 150)  # then threw away ~3 frames
     x = np.concatenate([up[start : gap[0]], up[gap[1] :]])
     # In soxr-sized blocks, each arriving 50 ms after the caller said the last of its audio.
-    ends = list(range(1516, len(x), 1516)) + [len(x)]
+    ends = [*range(1516, len(x), 1516), len(x)]
     upsampled = [e - 1 + start + (gap[1] - gap[0] if e - 1 + start >= gap[0] else 0) for e in ends]
     rx = tones.Received(x, 16000, ends, [(u - UP_DELAY) / 16000 + 0.05 for u in upsampled])
     sent_at = [k * 0.02 for k in range(frames)]

@@ -44,8 +44,10 @@ serve() {
   if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
     pin=(taskset -c "${PIPECAT_CORE:-0}")
   fi
+  local model
+  model="$("$bench_python" -c 'from phonebot.settings import DEFAULT_MODEL; print(DEFAULT_MODEL)')"
   exec env "$@" "${pin[@]}" "$venv/bin/python" bench/peers/pipecat_bot.py --port "$port" \
-    --rates "${PIPECAT_RATES:-16000,24000}"
+    --rates "${PIPECAT_RATES:-16000,24000}" --model "$model"
 }
 
 case "${1:-bench}" in
