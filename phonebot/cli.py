@@ -67,7 +67,7 @@ def db_upgrade(_args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def run() -> str | None:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, timeout_s=None)  # migrations may take long
         try:
             return await migrate.upgrade(engine)
         finally:

@@ -6,7 +6,7 @@ desk with an engine of its own. `migrate.upgrade()` is `phonebot db upgrade`.
 """
 
 from phonebot.store.calls import CallStore, StoredCall, StreamRefused
-from phonebot.store.desk import Appointment, Desk, PlaceTaken, UnknownBooking, open_desk
+from phonebot.store.desk import Appointment, Desk, PlaceTaken, StoreUnavailable, UnknownBooking, open_desk
 from phonebot.store.migrate import StoreNotReady
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Desk",
     "PlaceTaken",
     "StoreNotReady",
+    "StoreUnavailable",
     "StoredCall",
     "StreamRefused",
     "UnknownBooking",

@@ -7,15 +7,17 @@ both get the last place. Times in and out are aware UTC; the tools convert to lo
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from phonebot.business import Business, Service, load_business, peak_overlap
@@ -34,6 +36,30 @@ _REFERENCE_TRIES = 5
 
 class PlaceTaken(Exception):
     """Capacity is reached at that time."""
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached, or did not answer in time (see engine.DB_TIMEOUT_S)."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reaching(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Driver errors (locked, timed out, connection refused) as `StoreUnavailable`: the tools need
+    to know that the diary could not be reached, not which driver said so."""
+
+    @functools.wraps(method)
+    async def reach(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except IntegrityError:
+            raise
+        except (DBAPIError, PoolTimeout, OSError, TimeoutError) as error:
+            raise StoreUnavailable(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
+
+    return reach
 
 
 class UnknownBooking(Exception):
@@ -80,11 +106,13 @@ class Desk:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @_reaching
     async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
         """The places held by bookings that overlap [start, end)."""
         async with self.engine.connect() as connection:
             return await self._busy(connection, start, end)
 
+    @_reaching
     async def get(self, reference: str) -> Appointment | None:
         """The appointment with this reference, booked or cancelled, or None."""
         query = select(bookings).where(
@@ -94,6 +122,7 @@ class Desk:
             row = (await connection.execute(query)).first()
         return Appointment.from_values(row._mapping) if row else None
 
+    @_reaching
     async def upcoming(self, phone: str, now: datetime, limit: int = 5) -> list[Appointment]:
         """Booked appointments from `now` on for this phone number, soonest first.
 
@@ -122,6 +151,7 @@ class Desk:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_reaching
     async def book(
         self,
         service: Service,
@@ -160,6 +190,7 @@ class Desk:
                 continue  # the fresh reference was already taken: draw another
         raise RuntimeError("could not draw an unused booking reference")
 
+    @_reaching
     async def move(self, reference: str, start: datetime, now: datetime) -> Appointment:
         """Move a booked appointment to `start`, keeping its length; PlaceTaken if it does not fit.
         The appointment's own current place does not count against it."""
@@ -180,6 +211,7 @@ class Desk:
             )
         return Appointment.from_values({**row._mapping, "starts_at": start, "ends_at": end})
 
+    @_reaching
     async def cancel(self, reference: str, now: datetime) -> Appointment:
         """Cancel a booked appointment, freeing its place; UnknownBooking if none is booked."""
         async with self.engine.begin() as connection:

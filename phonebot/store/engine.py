@@ -27,23 +27,45 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for SQLite's write lock before failing
+# The longest the service waits on the database for any one thing: a lock (SQLite's write lock,
+# a PostgreSQL row or advisory lock), a statement, a connection from the pool or to the server.
+# Well below a tool's timeout (10 s), so that a booking tool can still tell the caller the diary
+# could not be reached, and a webhook still gets its answer, whatever the database does.
+DB_TIMEOUT_S = 3.0
 _WRITE = "phonebot_exclusive"  # execution option: this connection's transaction takes the write lock
 
 
-def make_engine(url: str | URL) -> AsyncEngine:
+def make_engine(url: str | URL, timeout_s: float | None = DB_TIMEOUT_S) -> AsyncEngine:
+    """An engine whose every wait is bounded by `timeout_s`; None for `phonebot db upgrade`, whose
+    migrations may rightly take long (a big table's index) or queue behind another replica's."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
+    pool = {} if timeout_s is None else {"pool_timeout": timeout_s}
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        # sqlite3's timeout is its busy timeout: how long to wait for another connection's lock.
+        busy = {"timeout": 24 * 3600.0 if timeout_s is None else timeout_s}
+        engine = create_async_engine(parsed, connect_args=busy, **pool)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     if backend == "postgresql":
-        return create_async_engine(parsed, pool_pre_ping=True)
+        return create_async_engine(parsed, pool_pre_ping=True, connect_args=_postgres_timeouts(timeout_s), **pool)
     raise ValueError(f"unsupported database {backend!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def _postgres_timeouts(timeout_s: float | None) -> dict[str, Any]:
+    if timeout_s is None:
+        return {}
+    ms = str(int(timeout_s * 1000))
+    return {
+        "timeout": timeout_s,  # connecting
+        # The server gives up a statement, or a wait for a lock, past this; the client gives up on
+        # a server that does not answer at all (a dead link) a second later.
+        "server_settings": {"statement_timeout": ms, "lock_timeout": ms},
+        "command_timeout": timeout_s + 1.0,
+    }
 
 
 @asynccontextmanager

@@ -7,14 +7,18 @@ of December", "2:30 pm"). Inside, every moment is an aware datetime; the desk st
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import structlog
+
 from phonebot.business import WEEKDAYS, Business, Service
-from phonebot.store.desk import Appointment, Desk, PlaceTaken, UnknownBooking, clean_phone
+from phonebot.store.desk import Appointment, Desk, PlaceTaken, StoreUnavailable, UnknownBooking, clean_phone
 from phonebot.store.reference import spoken
 from phonebot.tools.context import ToolContext, ToolError
+from phonebot.tools.spec import ToolFunction
 
 MAX_DAYS_SEARCHED = 31  # one call looks at most this many days ahead of date_from
 MAX_DAYS_LISTED = 4  # and offers times on at most this many days...
@@ -22,11 +26,35 @@ MAX_TIMES_PER_DAY = 5  # ...with at most this many times each: a list a caller c
 LOOKAHEAD_DAYS = 60  # when nothing is free in the range asked, how far on to find the next free day
 MIN_PHONE_DIGITS = 7
 
+DIARY_UNREACHABLE = (
+    "The booking diary cannot be reached just now, so this could not be done. Apologise, and offer "
+    "to try again in a minute or to take a message."
+)
+
+log = structlog.get_logger(__name__)
+
+
+def _uses_the_diary(function: ToolFunction) -> ToolFunction:
+    """The database being locked or down (past its own short timeouts) becomes something the bot
+    can tell the caller, well within the tool's timeout."""
+
+    @functools.wraps(function)
+    async def tool(ctx: ToolContext, *arguments: Any, **named: Any) -> dict[str, Any]:
+        try:
+            return await function(ctx, *arguments, **named)
+        except StoreUnavailable as error:
+            log.warning("booking.diary_unreachable", tool=function.__name__, error=str(error))
+            raise ToolError("diary_unreachable", DIARY_UNREACHABLE) from None
+
+    return tool
+
+
 _CLOCK = re.compile(r"^(\d{1,2})(?:[:.h](\d{2}))?\s*(am|pm|a\.m\.|p\.m\.)?$", re.IGNORECASE)
 Preference = tuple[int, int] | int | None  # a period of the day (minutes from, to), a time, or none
 _PERIODS = {"morning": (0, 12 * 60), "afternoon": (12 * 60, 17 * 60), "evening": (17 * 60, 24 * 60)}
 
 
+@_uses_the_diary
 async def check_availability(
     ctx: ToolContext,
     service: str,
@@ -93,6 +121,7 @@ async def check_availability(
     return result
 
 
+@_uses_the_diary
 async def book_appointment(
     ctx: ToolContext,
     service: str,
@@ -139,6 +168,7 @@ async def book_appointment(
     return {"booked": True, **describe(booked, business, now)}
 
 
+@_uses_the_diary
 async def find_booking(
     ctx: ToolContext, reference: str | None = None, phone: str | None = None
 ) -> dict[str, Any]:
@@ -171,6 +201,7 @@ async def find_booking(
     return {"bookings": [describe(appointment, business, now) for appointment in upcoming]}
 
 
+@_uses_the_diary
 async def cancel_booking(ctx: ToolContext, reference: str) -> dict[str, Any]:
     """Cancel a booking, once the caller has confirmed which one (see find_booking) and that they
     want it cancelled.
@@ -194,6 +225,7 @@ async def cancel_booking(ctx: ToolContext, reference: str) -> dict[str, Any]:
     return {"cancelled": True, **describe(cancelled, business, now)}
 
 
+@_uses_the_diary
 async def reschedule_booking(ctx: ToolContext, reference: str, date: str, time: str) -> dict[str, Any]:
     """Move a booking to another time, keeping its service, name and reference; find a free time
     with check_availability first. If the new time cannot be booked, the booking stays as it was.

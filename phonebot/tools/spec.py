@@ -82,19 +82,45 @@ class ToolSpec:
         except pydantic.ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors())
             return ToolError("bad_input", problems).as_result(), False
+        # The tool runs as its own task, and the model is answered when the time is up whether or
+        # not the task has finished: a cancelled database call may clean up for as long as its
+        # driver likes (aiosqlite waits out the busy timeout), but never while the caller waits.
+        task = asyncio.ensure_future(self.function(ctx, **parsed.model_dump()))
         try:
-            async with asyncio.timeout(self.options.timeout_s):
-                return await self.function(ctx, **parsed.model_dump()), True
-        except ToolError as error:
-            return error.as_result(), False
-        except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=self.options.timeout_s)
+        except asyncio.CancelledError:
+            _abandon(task)  # the model withdrew the call, or the call ended
+            raise
+        if not done:
+            _abandon(task)
             log.warning("tool.timeout", tool=self.name, timeout_s=self.options.timeout_s)
             message = "That took too long. Apologise and offer to try again or take a message."
             return ToolError("timeout", message).as_result(), False
+        try:
+            return task.result(), True
+        except ToolError as error:
+            return error.as_result(), False
         except Exception as error:  # a broken tool is an error result, never a dead call
             log.error("tool.failed", tool=self.name, error=repr(error), exc_info=error)
             message = "Something went wrong on our side. Apologise and offer to take a message."
             return ToolError("internal", message).as_result(), False
+
+
+_abandoned: set[asyncio.Future[Any]] = set()  # cancelled tools still cleaning up, held until done
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a tool's task and let it finish its clean-up on its own."""
+    task.cancel()
+    if not task.done():
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled() and task.exception() is not None:  # retrieved, so asyncio does not complain
+        log.info("tool.abandoned_failed", error=repr(task.exception()))
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:

@@ -3,16 +3,22 @@ tool against its SQLite database, and the answer goes back over the Live connect
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import sqlite3
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from phonebot.business import load_business
 from phonebot.store.desk import Desk
+from phonebot.tools.spec import DEFAULT_TIMEOUT_S
 from tests.call.test_tool_runtime import call_tool, declared, wait_for_response
 from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
-from tests.phone import CALLER, answer
+from tests.phone import CALLER, Intact, answer
 
 _ids = itertools.count()
 
@@ -107,3 +113,41 @@ async def test_errors_the_bot_can_explain(service: Service, gemini: FakeLiveServ
     )
     assert taken["error"]["code"] == "taken"
     await call.stop()
+
+
+async def test_a_locked_diary_is_reported_within_the_tools_timeout(service: Service, gemini: FakeLiveServer) -> None:
+    """Another program holds SQLite's write lock (a backup, the sqlite3 shell mid-transaction): a
+    booking answers within its timeout that the diary cannot be reached, the call's audio flows
+    meanwhile, free times can still be read (WAL), and once the lock is gone the booking goes through."""
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    day = next_open_day(service)
+    look = {"service": "cleaning", "date_from": day.isoformat()}
+    first = (await ask(session, "check_availability", **look))["days"][0]["times"][0]
+    booking = {"service": "cleaning", "date": day.isoformat(), "time": first, "customer_name": "Ada"}
+    path = make_url(service.settings.database_url).database
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+        asked = time.monotonic()
+        answered = asyncio.create_task(ask_within(session, "book_appointment", booking, DEFAULT_TIMEOUT_S + 25))
+        await intact.both_ways()  # the call goes on while the tool waits on the database
+        response = await answered
+        took = time.monotonic() - asked
+        assert response["error"]["code"] == "diary_unreachable", response
+        assert "cannot be reached" in response["error"]["message"]
+        assert took < DEFAULT_TIMEOUT_S, f"answered after {took:.1f}s"
+        assert (await ask(session, "check_availability", **look))["days"][0]["times"][0] == first
+    finally:
+        holder.close()
+    booked = await ask(session, "book_appointment", **booking)
+    assert booked["booked"] is True
+    await intact.both_ways()
+    await call.stop()
+
+
+async def ask_within(session: FakeLiveSession, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    call_id = f"{name}-{next(_ids)}"
+    await call_tool(session, call_id, name, args)
+    return (await wait_for_response(session, call_id, timeout=timeout))["response"]

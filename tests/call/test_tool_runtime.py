@@ -18,6 +18,7 @@ from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.phone import FORM, answer, expected_mulaw_bytes
 
 SLOW_TOOL_S = 0.5
+STUBBORN_CLEANUP_S = 3.0
 started_tools: list[str] = []
 
 
@@ -59,6 +60,16 @@ async def stuck(ctx: ToolContext) -> dict[str, Any]:
     return {}
 
 
+@tool(timeout_s=0.3)
+async def stubborn(ctx: ToolContext) -> dict[str, Any]:
+    """A tool whose clean-up, once cancelled, takes its time (as a database driver's may)."""
+    try:
+        await asyncio.sleep(60)
+    finally:
+        await asyncio.sleep(STUBBORN_CLEANUP_S)
+    return {}
+
+
 async def broken(ctx: ToolContext) -> dict[str, Any]:
     """A tool with a bug."""
     raise ZeroDivisionError("oops")
@@ -69,7 +80,7 @@ async def refuses(ctx: ToolContext) -> dict[str, Any]:
     raise ToolError("closed", "We are closed on Sundays.")
 
 
-TOOLS = [lookup, slow_lookup, background_check, stuck, broken, refuses, control.end_call]
+TOOLS = [lookup, slow_lookup, background_check, stuck, stubborn, broken, refuses, control.end_call]
 
 
 @pytest.fixture
@@ -213,3 +224,18 @@ async def test_end_call_waits_until_the_goodbye_has_been_heard(service: Service,
     first_audio = call.media_times[0][0]
     assert closed_at - first_audio >= expected / 8000 - 0.05
     await asyncio.wait_for(session.closed.wait(), 5)
+
+
+async def test_a_tool_answers_at_its_timeout_however_long_its_clean_up_takes(
+    service: Service, gemini: FakeLiveServer
+) -> None:
+    call, session = await answer(service, gemini)
+    asked = time.monotonic()
+    await call_tool(session, "slow-to-stop", "stubborn", {})
+    response = await wait_for_response(session, "slow-to-stop", timeout=STUBBORN_CLEANUP_S + 2)
+    took = time.monotonic() - asked
+    assert response["response"]["error"]["code"] == "timeout"
+    assert took < 0.3 + 1.5 < STUBBORN_CLEANUP_S, f"answered after {took:.1f}s"
+    await call_tool(session, "after", "lookup", {"name": "Ada"})  # the call goes on
+    assert (await wait_for_response(session, "after"))["response"]["name"] == "Ada"
+    await call.stop()
