@@ -11,15 +11,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from phonebot import errors
+from phonebot import errors, metrics
 from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
 from phonebot.call.ports import ModelConnector
 from phonebot.call.reconnect import ReconnectPolicy
+from phonebot.drain import Drain
 from phonebot.gemini.live import GeminiLive
+from phonebot.health import Readiness, healthz
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store import CallStore, Desk, StoreNotReady, migrate
 from phonebot.store.engine import make_engine
@@ -52,12 +54,12 @@ def tool_specs(settings: Settings) -> list[ToolSpec]:
     return [ToolSpec.of(function) for function in functions]
 
 
-def _business(settings: Settings) -> Business | None:
+def _business(settings: Settings) -> Business | BusinessFileError:
     try:
         return load_business(settings.business_file)
     except BusinessFileError as error:
         log.error("booking.unavailable", reason=str(error))
-        return None
+        return error
 
 
 async def _make_ready(engine: AsyncEngine) -> bool:
@@ -75,24 +77,24 @@ def build_app(
     settings: Settings, connector: ModelConnector | None = None, tools: list[ToolSpec] | None = None
 ) -> Starlette:
     tools = tool_specs(settings) if tools is None else tools
-    business = _business(settings)
+    loaded = _business(settings)
+    business = loaded if isinstance(loaded, Business) else None
+    problems = settings.call_problems()  # what readiness reports as long as the process runs
+    if business is None:
+        problems.append(f"booking desk closed: PHONEBOT_BUSINESS_FILE {loaded}")
     calls = Calls(
         connector or GeminiLive(settings, tools, business),
         tools,
         transfer_to=settings.transfer_number,
         policy=ReconnectPolicy(outage_audio_s=settings.reconnect_buffer_s),
         max_duration_s=settings.max_call_s,
+        max_calls=settings.max_calls,
     )
     rest = TwilioRest(settings)
     # One engine for everything the service keeps (calls, stream tokens, bookings): one pool.
     engine = make_engine(settings.database_url)
     store = CallStore(engine)
-
-    async def healthz(_request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True})
-
-    async def readyz(_request: Request) -> JSONResponse:
-        return JSONResponse({"ready": True, "active_calls": len(calls.active)})
+    readiness = Readiness(problems, engine, calls.admission)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -107,10 +109,11 @@ def build_app(
 
     app = Starlette(
         routes=[
-            Route("/twilio/voice", voice_endpoint(settings, store, calls.prepare), methods=["POST"]),
+            Route("/twilio/voice", voice_endpoint(settings, store, calls), methods=["POST"]),
             WebSocketRoute("/twilio/media/{token}", media_endpoint(settings, store, calls.run, rest)),
             Route("/healthz", healthz),
-            Route("/readyz", readyz),
+            Route("/readyz", readiness.readyz),
+            Route("/metrics", metrics_endpoint),
         ],
         exception_handlers={MissingSetting: errors.missing_setting},
         lifespan=lifespan,
@@ -118,4 +121,10 @@ def build_app(
     app.state.settings = settings
     app.state.calls = calls
     app.state.store = store
+    app.state.drain = Drain(calls, settings.drain_s)  # SIGTERM starts it (server.py); `.draining` for the API
     return app
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    body, content_type = metrics.exposition(request.headers.get("accept"))
+    return Response(body, headers={"content-type": content_type})

@@ -30,6 +30,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from phonebot.app import UVICORN_OPTIONS, build_app
+    from phonebot.server import DrainingServer
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -41,7 +42,8 @@ def serve(args: argparse.Namespace) -> int:
     # collector's pauses stay out of the calls' latency.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-    uvicorn.run(app, host=args.host, port=args.port, **UVICORN_OPTIONS)
+    # SIGTERM/SIGINT drain the calls first (server.py); the process exits 0 once they have ended.
+    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, **UVICORN_OPTIONS), app.state.drain).run()
     return 0
 
 

@@ -181,6 +181,16 @@ class Settings(BaseSettings):
 
     def problems(self) -> list[str]:
         """Every problem that would stop a call, at once."""
+        found = self.call_problems()
+        try:
+            load_business(self.business_file)
+        except BusinessFileError as error:
+            found.append(f"PHONEBOT_BUSINESS_FILE {error}")
+        return found
+
+    def call_problems(self) -> list[str]:
+        """What calls cannot do without: credentials, the public URL, the prompt (not the business file:
+        without it calls go on, and the booking tools say they cannot book)."""
         found = []
         if self.google_api_key is None and not self.vertex_ai:
             found.append(
@@ -198,10 +208,6 @@ class Settings(BaseSettings):
                 found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} is empty")
         except OSError as error:
             found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} cannot be read: {error.strerror}")
-        try:
-            load_business(self.business_file)
-        except BusinessFileError as error:
-            found.append(f"PHONEBOT_BUSINESS_FILE {error}")
         return found
 
 

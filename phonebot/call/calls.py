@@ -5,18 +5,24 @@ the Live session (and asking for the greeting) at the webhook hides the model's 
 and setup time inside that second, so the greeting is ready when the stream starts.
 A stream that finds no early session (another replica took the webhook, or none was
 made) opens one itself.
+
+Every call comes in through `admit()`, which counts it against PHONEBOT_MAX_CALLS from then
+until it ends (`admission.py`); `wind_down()` and `stop()` end the calls when the service stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from phonebot import metrics
+from phonebot.call.admission import Admission, Refusal
 from phonebot.call.playback import Playback
 from phonebot.call.ports import CallerPort, CallInfo, ModelConnector, ModelPort
 from phonebot.call.reconnect import ReconnectPolicy, ResilientModel
@@ -45,6 +51,7 @@ class Calls:
         transfer_to: str | None = None,
         policy: ReconnectPolicy | None = None,
         max_duration_s: float = 3600.0,
+        max_calls: int = 50,
     ) -> None:
         self._connector = connector
         self._policy = policy or ReconnectPolicy()
@@ -55,7 +62,27 @@ class Calls:
         self._transfer_to = transfer_to
         self._early: dict[str, _Early] = {}
         self.active: dict[str, CallSession] = {}
+        self.admission = Admission(max_calls)
+        self._goodbye: str | None = None  # the service is stopping: what every call is asked to say
         self._discarding: set[asyncio.Task[None]] = set()
+        metrics.known_labels(tuple(Refusal), (*self._tools, metrics.UNKNOWN_TOOL))
+
+    def admit(self, info: CallInfo, stream_within_s: float = EARLY_SESSION_TTL_S, early: bool = True) -> Refusal | None:
+        """The way in for every new call (voice webhook, API request, web token): counts it against
+        PHONEBOT_MAX_CALLS from now until it ends, and starts opening its model session (`early`);
+        or says why it is turned away (full, draining). A call whose stream has not started within
+        `stream_within_s` is let go. An outbound call Twilio has not named yet is admitted under a
+        name of our own, `early=False`, then `admission.rename()`d and `prepare()`d."""
+        refusal = self.admission.admit(info.call_sid, info.direction, stream_within_s)
+        if refusal is None and early:
+            self.prepare(info)
+        return refusal
+
+    async def release(self, call_sid: str, refused: Refusal | None = None) -> None:
+        """A call admitted will not run here: it ended before its stream started (Twilio's status
+        callback), or could not be set up (`refused`). Its place and its early session go."""
+        self.admission.release(call_sid, refused)
+        await self._discard(call_sid)
 
     def prepare(self, info: CallInfo) -> None:
         """Start opening the call's model session now; its stream will claim it."""
@@ -69,28 +96,59 @@ class Calls:
     async def run(self, caller: CallerPort) -> EndReason:
         """Run a call whose stream has started, until it ends. Returns the end reason."""
         info = caller.info
+        self.admission.streaming(info.call_sid, info.direction)
+        started, reason = time.monotonic(), EndReason.SHUTDOWN  # unless it ends otherwise
         with structlog.contextvars.bound_contextvars(call_sid=info.call_sid):
-            log.info("call.started", direction=info.direction, caller=info.caller_number)
             try:
-                model = await self._claim(info)
-            except Exception as error:  # noqa: BLE001 - the call fails, never the server
-                log.error("call.model_unreachable", error=repr(error))
-                CallRecord(info.call_sid, Playback(caller.sample_rate), self.records).end(EndReason.MODEL_UNREACHABLE)
-                await caller.redirect(say=APOLOGY, dial=self._transfer_to)
-                return EndReason.MODEL_UNREACHABLE
-            session = CallSession(
-                caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s, self.records
-            )
-            self.active[info.call_sid] = session
-            try:
-                return await session.run()
+                reason = await self._run(caller)
             finally:
-                del self.active[info.call_sid]
+                self.admission.release(info.call_sid)
+                metrics.CALLS.labels(info.direction, reason).inc()
+                metrics.CALL_DURATION.observe(time.monotonic() - started)
+        return reason
+
+    async def _run(self, caller: CallerPort) -> EndReason:
+        info = caller.info
+        log.info("call.started", direction=info.direction, caller=info.caller_number)
+        try:
+            model = await self._claim(info)
+        except Exception as error:  # noqa: BLE001 - the call fails, never the server
+            log.error("call.model_unreachable", error=repr(error))
+            CallRecord(info.call_sid, Playback(caller.sample_rate), self.records).end(EndReason.MODEL_UNREACHABLE)
+            await caller.redirect(say=APOLOGY, dial=self._transfer_to)
+            return EndReason.MODEL_UNREACHABLE
+        session = CallSession(
+            caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s, self.records
+        )
+        self.active[info.call_sid] = session
+        try:
+            if self._goodbye is not None:  # its stream started while the service is stopping
+                await session.say_goodbye(self._goodbye, EndReason.SHUTDOWN)
+            return await session.run()
+        finally:
+            del self.active[info.call_sid]
+
+    async def wind_down(self, cue: str) -> None:
+        """The service is stopping: every call is asked to say goodbye through its model and then
+        ends; so is any whose stream starts from now on. Sessions no stream has claimed yet go."""
+        self._goodbye = cue
+        for session in list(self.active.values()):
+            await session.say_goodbye(cue, EndReason.SHUTDOWN)
+        for call_sid in list(self._early):
+            await self.release(call_sid)
+
+    async def stop(self) -> None:
+        """End every call now (the service cannot wait any longer): sessions end as `shutdown`, records
+        and all; calls whose stream has not started are let go."""
+        for session in self.active.values():
+            session.stop()
+        for call_sid in list(self._early):
+            await self.release(call_sid)
 
     async def aclose(self) -> None:
         """Close sessions no stream has claimed (shutdown)."""
         for call_sid in list(self._early):
-            await self._discard(call_sid)
+            await self.release(call_sid)
 
     async def _claim(self, info: CallInfo) -> ModelPort:
         early = self._early.pop(info.call_sid, None)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import structlog
 
+from phonebot import metrics
 from phonebot.call.ports import (
     BotAudio,
     BotInterrupted,
@@ -102,6 +103,7 @@ class ResilientModel:
         self._switcher: asyncio.Task[None] | None = None
         self._closed = False
         self.dropped_audio_messages = 0
+        self.dropped_audio_bytes = 0
         self.switches = 0
         self.reconnects = 0
 
@@ -194,6 +196,7 @@ class ResilientModel:
             if message.connection == 0:
                 self._unsent_audio -= len(message.payload)
                 self.dropped_audio_messages += 1
+                self.dropped_audio_bytes += len(message.payload)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -302,8 +305,21 @@ class ResilientModel:
             self._switcher.cancel()
         async with self._lock:
             self._conn = None
+        dropped_before = self.dropped_audio_bytes
+        try:
+            attempts = await self._connect_within_policy()
+        finally:  # the outage is over (or the call is): what the caller said in vain, counted once
+            dropped_s = (self.dropped_audio_bytes - dropped_before) / _AUDIO_BYTES_PER_S
+            if dropped_s:
+                metrics.CALLER_AUDIO_DROPPED.inc(dropped_s)
+        if self._generation > 1:
+            self.reconnects += 1
+            metrics.MODEL_RECONNECTS.labels("connection_lost").inc()
+            log.info("model.reconnected", attempts=attempts, dropped_ms=round(dropped_s * 1000))
+
+    async def _connect_within_policy(self) -> int:
+        """Connect, retrying with backoff; returns the attempts it took, or raises ModelUnreachable."""
         policy, started, delay = self._policy, time.monotonic(), self._policy.first_delay_s
-        dropped_before = self.dropped_audio_messages
         for attempt in range(1, policy.attempts + 1):
             try:
                 async with asyncio.timeout(policy.connect_timeout_s):
@@ -312,11 +328,7 @@ class ResilientModel:
                 log.warning("model.connect_failed", attempt=attempt, error=repr(error))
             else:
                 await self._adopt(conn)
-                if self._generation > 1:
-                    self.reconnects += 1
-                    dropped = self.dropped_audio_messages - dropped_before
-                    log.info("model.reconnected", attempts=attempt, dropped=dropped)
-                return
+                return attempt
             if attempt == policy.attempts or time.monotonic() - started + delay > policy.budget_s:
                 break
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -344,6 +356,7 @@ class ResilientModel:
                         await conn.close()
                     raise
                 self.switches += 1
+                metrics.MODEL_RECONNECTS.labels("go_away").inc()
                 log.info("model.switched", handle_age_messages=len(self._outbox))
                 return
         except Exception as error:  # noqa: BLE001 - the old connection's end will reconnect instead

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from phonebot import codec
+from phonebot import codec, metrics
 from phonebot.call.playback import Playback
 from phonebot.call.ports import (
     BotAudio,
@@ -84,6 +84,8 @@ class CallSession:
         self._transfer_to = transfer_to
         self._deadline = self.record.started + max_duration_s
         self._after_speech: _AfterSpeech | None = None
+        self._pumps: set[asyncio.Task[EndReason]] = set()
+        self._first_audio = True  # no bot audio sent yet (for the first-audio metric)
         context = ToolContext(self.info.call_sid, self.info.caller_number, bookings=bookings, control=self)
         self.tools = ToolRunner(tools or {}, context, model, self.record)
         # The codec's resamplers are fixed to the telephone and Gemini rates.
@@ -93,7 +95,7 @@ class CallSession:
 
     async def run(self) -> EndReason:
         """Bridge until either side ends; returns why the call ended. Closes the model session."""
-        pumps = {
+        self._pumps = pumps = {
             asyncio.create_task(self._caller_to_model(), name=f"caller->model {self.info.call_sid}"),
             asyncio.create_task(self._model_to_caller(), name=f"model->caller {self.info.call_sid}"),
         }
@@ -130,8 +132,7 @@ class CallSession:
                 return await self._act()
             if now > self._deadline and self._after_speech is None:
                 log.warning("call.time_limit")
-                self._after_speech = _AfterSpeech(self.caller.close, EndReason.MAX_DURATION)
-                await self.model.send_text(TIME_LIMIT_CUE)
+                await self.say_goodbye(TIME_LIMIT_CUE, EndReason.MAX_DURATION)
         return EndReason.CALLER_HUNG_UP
 
     async def _model_to_caller(self) -> EndReason:
@@ -140,6 +141,9 @@ class CallSession:
                 case BotAudio(pcm=pcm):
                     pcm8k = self._down.process(pcm)
                     await self.caller.play(pcm8k)
+                    if self._first_audio:  # once per call
+                        self._first_audio = False
+                        metrics.FIRST_AUDIO.observe(time.monotonic() - self.record.started)
                     if (mark := self.playback.sent(len(pcm8k))) is not None:
                         await self.caller.mark(mark)
                 case BotInterrupted():
@@ -171,13 +175,28 @@ class CallSession:
     # -- CallControl, for the end_call and transfer_call tools ------------------------------
 
     async def end_call(self) -> None:
-        self._after_speech = _AfterSpeech(self.caller.close, EndReason.BOT_ENDED)
+        if self._after_speech is None:  # a goodbye the call asked for keeps its reason
+            self._after_speech = _AfterSpeech(self.caller.close, EndReason.BOT_ENDED)
 
     async def transfer(self) -> None:
         if self._transfer_to is None:
             raise RuntimeError("no transfer number is set")  # the tool is not offered then
         number = self._transfer_to
         self._after_speech = _AfterSpeech(lambda: self.caller.redirect(dial=number), EndReason.TRANSFERRED)
+
+    # -- ending the call from outside: time limit, the service stopping -----------------------
+
+    async def say_goodbye(self, cue: str, reason: EndReason) -> None:
+        """End the call through the model: `cue` asks it to say goodbye, and the line closes once
+        that has been heard (or the model stays quiet), as `reason`."""
+        if self._after_speech is None:
+            self._after_speech = _AfterSpeech(self.caller.close, reason)
+            await self.model.send_text(cue)
+
+    def stop(self) -> None:
+        """End the call now: `run()` returns `shutdown`, with the record finished as usual."""
+        for task in self._pumps:
+            task.cancel()
 
     async def _act(self) -> EndReason:
         assert self._after_speech is not None
@@ -189,9 +208,11 @@ class CallSession:
         # Freeze the ledger before the `clear` goes out: Twilio answers it by echoing every
         # pending mark at once, and those echoes are audio thrown away, not heard. (A few
         # microseconds; then the clear, since every millisecond is bot audio over the caller.)
+        began = time.perf_counter()
         playing = self.playback.playing
         turn = self.playback.interrupt()
         await self.caller.clear()
+        metrics.BARGE_IN.observe(time.perf_counter() - began)
         self._down.reset()
         self.record.cut_short(playing)
         if turn is not None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import structlog
 
+from phonebot import metrics
 from phonebot.call.ports import ModelPort, ToolCall
 from phonebot.call.record import CallRecord, ToolRecord
 from phonebot.tools.context import ToolContext, ToolError
@@ -58,6 +59,9 @@ class ToolRunner:
         # Past this point a cancellation no longer finds the task: the answer always goes out whole.
         self._tasks.pop(call.call_id, None)
         self._record.tool_finished(entry, result, ok)
-        log.info("tool.done", tool=call.name, ok=ok, ms=int((time.monotonic() - started) * 1000))
+        took = time.monotonic() - started
+        tool = call.name if spec is not None else metrics.UNKNOWN_TOOL
+        metrics.TOOL_SECONDS.labels(tool, "true" if ok else "false").observe(took)
+        log.info("tool.done", tool=call.name, ok=ok, ms=int(took * 1000))
         when_idle = spec is not None and spec.options.non_blocking
         await self._model.send_tool_result(call.call_id, call.name, result, when_idle=when_idle)

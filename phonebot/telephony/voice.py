@@ -3,11 +3,13 @@
 The call is recorded as the signed request describes it, and the TwiML connects it to a media
 stream URL with a token of its own (`phonebot.store.calls`): the stream, on whichever replica it
 lands, gets in once, for this call only, and takes the numbers from the record, not from itself.
+A replica that is full (PHONEBOT_MAX_CALLS) or shutting down answers a short `<Say>` and hangs up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from phonebot.call.admission import Refusal
 from phonebot.call.ports import CallInfo, Direction
 from phonebot.errors import error_response
 from phonebot.settings import Settings
@@ -23,8 +26,19 @@ from phonebot.telephony.signature import signature_ok
 
 log = structlog.get_logger(__name__)
 
-CallHandler = Callable[[CallInfo], None]
 UNAVAILABLE = "Sorry, we can't take your call right now. Please try again later."
+TURNED_AWAY = {
+    Refusal.FULL: "Sorry, all our lines are busy right now. Please call again in a few minutes.",
+    Refusal.DRAINING: "Sorry, we can't take your call on this line just now. Please call again in a moment.",
+}
+
+
+class Admitter(Protocol):
+    """The calls this replica holds (`Calls`): the webhook asks it to take each new call."""
+
+    def admit(self, info: CallInfo) -> Refusal | None: ...
+
+    async def release(self, call_sid: str, refused: Refusal | None = None) -> None: ...
 STREAM_TOKEN_TTL_S = 300.0  # Twilio opens the stream about a second after this answers
 
 
@@ -51,9 +65,9 @@ def stream_twiml(stream_url: str, info: CallInfo) -> str:
 
 
 def voice_endpoint(
-    settings: Settings, store: CallStore, on_call: CallHandler
+    settings: Settings, store: CallStore, calls: Admitter
 ) -> Callable[[Request], Awaitable[Response]]:
-    """`on_call` hears of the call as soon as Twilio does, to get the model ready early."""
+    """`calls` hears of the call as soon as Twilio does: to count it, and to get the model ready early."""
 
     async def endpoint(request: Request) -> Response:
         form = {key: str(value) for key, value in (await request.form()).items()}
@@ -68,13 +82,15 @@ def voice_endpoint(
         direction: Direction = "outbound" if form.get("Direction", "").startswith("outbound") else "inbound"
         info = CallInfo(form["CallSid"], form.get("From", ""), form.get("To", ""), direction)
         log.info("voice.incoming", call_sid=info.call_sid, caller=info.from_number, direction=direction)
+        if (refusal := calls.admit(info)) is not None:
+            return Response(say_and_hang_up(TURNED_AWAY[refusal]), media_type="application/xml")
         try:
             await store.add(info.call_sid, info.direction, info.from_number, info.to_number)
             token = await store.issue_token(info.call_sid, ttl_s=STREAM_TOKEN_TTL_S)
         except (SQLAlchemyError, OSError) as error:  # the caller hears why, not Twilio's "application error"
             log.error("voice.store_failed", call_sid=info.call_sid, error=repr(error))
+            await calls.release(info.call_sid, refused=Refusal.UNAVAILABLE)
             return Response(say_and_hang_up(UNAVAILABLE), media_type="application/xml")
-        on_call(info)
         return Response(stream_twiml(media_stream_url(settings, token), info), media_type="application/xml")
 
     return endpoint

@@ -1,0 +1,116 @@
+"""A real `phonebot serve` process, for tests about processes (signals, exits): configured through its
+environment like an operator would, talking to the fakes of the test process over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import AUTH_TOKEN, PUBLIC_URL, Service, make_settings
+
+ACCOUNT_SID = "AC" + "0" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served(Service):
+    """The process, as a `Service` the call helpers of tests/phone.py can dial."""
+
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    async def exit_code(self, timeout: float) -> int:
+        """Wait up to `timeout` for the process to exit; its exit code."""
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"phonebot serve still running after {timeout}s:\n{self.log_tail()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log()[-chars:]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Its JSON log lines (structlog's events), in order."""
+        found = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
+
+    @property
+    def calls(self) -> Any:
+        raise AttributeError("a served process's calls are not in this process")
+
+
+@contextlib.asynccontextmanager
+async def serve(tmp_path: Path, **env: str) -> AsyncIterator[Served]:
+    """`phonebot serve` on a free port of 127.0.0.1, with the test settings plus `env`, until it is
+    ready; killed at the end if it is still running (a test that expects it to exit waits for that)."""
+    port = _free_port()
+    environment = {
+        **os.environ,
+        "PHONEBOT_PUBLIC_URL": PUBLIC_URL,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/phonebot.db",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "info",
+        **env,
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "phonebot", "serve", "--host", "127.0.0.1", "--port", str(port)),
+            env=environment,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(make_settings(), None, port)
+    served.process, served.log_path = process, log_path
+    try:
+        await _until_healthy(served)
+        yield served
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _until_healthy(served: Served, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=served.http_url) as client:
+        while time.monotonic() < deadline:
+            if not served.running:
+                raise RuntimeError(f"phonebot serve exited with {served.process.returncode}:\n{served.log_tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"phonebot serve not healthy within {timeout}s:\n{served.log_tail()}")
