@@ -60,7 +60,7 @@ class Caller(asyncio.Protocol):
         self.counted: int | None = None  # frames that count, if the rest only keep the line going
         self.late_frames = 0  # frames sent more than one frame period after their deadline
         # Receiving.
-        self.audio = bytearray()  # the bot's mu-law (what it is, is checked after the step)
+        self.audio_b64: list[str] = []  # the bot's mu-law as it came (decoded after the step)
         self.audio_at: list[float] = []  # per media message received...
         self.audio_total: list[int] = []  # ...and the mu-law bytes received by then
         self.clear_at: list[float] = []
@@ -77,6 +77,10 @@ class Caller(asyncio.Protocol):
         self.webhook_s = self._stream.webhook_s
         await self._loop.create_connection(lambda: self, self._line.host, self._line.port)
         await self.opened
+
+    def audio(self) -> bytes:
+        """The bot's mu-law the caller received."""
+        return b"".join(map(wire.b64_decode, self.audio_b64))
 
     def count_no_more(self) -> None:
         """Frames from now on are not counted (they only keep the line going, as Twilio's does)."""
@@ -221,10 +225,10 @@ class Caller(asyncio.Protocol):
         if message.get("streamSid") != self.stream_sid:
             self.errors.append(f"{event}: wrong streamSid")
         if event == "media":
-            chunk = wire.b64_decode(message["media"]["payload"])
-            size = len(chunk)
-            self.audio += chunk
-            self.audio_total.append(len(self.audio))
+            payload = message["media"]["payload"]
+            size = wire.b64_size(payload)
+            self.audio_b64.append(payload)
+            self.audio_total.append((self.audio_total[-1] if self.audio_total else 0) + size)
             self.audio_at.append(now)
             self._play_end = max(self._play_end, now) + size / PLAYBACK_BYTES_PER_S
         elif event == "mark":

@@ -17,9 +17,9 @@ binary frames) and talks like the model on a call, from a script:
 Bot audio is 24 kHz 16-bit PCM in 40 ms chunks sent at real-time pace against the monotonic
 clock; every 5th chunk is followed by an output transcription, each reply is preceded by an input
 transcription. Caller audio is taken at whatever rate its mime type says. Each session records
-when caller audio arrived (and keeps the first of it, to find where in the call it starts), and
-when each bot turn started, when its chunks and any `interrupted` were sent, so the load bench
-can match them against what its callers saw.
+when caller audio arrived (and keeps it, to find by its content what it was), when each bot turn
+started, and when its chunks and any `interrupted` were sent, so the load bench can match them
+against what its callers saw.
 
 Whose call a session is: the caller's number, where the service puts it in the setup (phonebot
 writes it into the system instruction: `+1999` and seven digits, see `bench.callers`); else a
@@ -137,8 +137,8 @@ class SessionRecord:
     voice_index: int = 0  # which of tones.MODEL_VOICES it speaks in
     cue_at: float | None = None
     in_rate: int = 16000  # of the caller audio, from its mime type
-    audio: bytearray = field(default_factory=bytearray)  # all the caller audio it heard (what it is
-    # is checked after the step, not while it runs: the bench must stay cheap per message)
+    audio_b64: list[str] = field(default_factory=list)  # the caller audio it heard, as it came: it is
+    # decoded after the step, not while it runs (the bench must stay cheap per message)
     audio_in_at: list[float] = field(default_factory=list)  # per realtime audio message...
     audio_in_total: list[int] = field(default_factory=list)  # ...and the bytes heard by then
     audio_out_at: list[float] = field(default_factory=list)  # per 40 ms chunk sent...
@@ -153,6 +153,9 @@ class SessionRecord:
     @property
     def bytes_out(self) -> int:
         return self.audio_out_total[-1] if self.audio_out_total else 0
+
+    def audio(self) -> bytes:
+        return b"".join(map(wire.b64_decode, self.audio_b64))
 
     @property
     def voice(self) -> tones.Voice:
@@ -283,8 +286,9 @@ class Session(asyncio.Protocol):
             self._mime = mime
             found = _RATE.search(mime)
             record.in_rate = int(found.group(1)) if found else 16000
-        record.audio += wire.b64_decode(audio["data"])
-        record.audio_in_total.append(len(record.audio))
+        data = audio["data"]
+        record.audio_b64.append(data)
+        record.audio_in_total.append(record.bytes_in + wire.b64_size(data))
         record.audio_in_at.append(now)
         if not self._speaking and not self._reply_pending and self._model.script.talks:
             if record.bytes_in >= self._reply_after:

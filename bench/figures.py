@@ -52,7 +52,7 @@ def caller_to_model(
     sent_at = caller.counted_sent_at
     arrived: list[float | None] = [None] * len(sent_at)
     for session in sessions:
-        rx = tones.Received.pcm16(bytes(session.audio), session.in_rate, session.audio_in_total, session.audio_in_at)
+        rx = tones.Received.pcm16(session.audio(), session.in_rate, session.audio_in_total, session.audio_in_at)
         segments = tones.track(tones.CALLER, rx, caller.sent_at)
         arrived = _earliest(arrived, tones.arrivals(tones.CALLER, rx, segments, len(sent_at)))
     first = next((k for k, t in enumerate(arrived) if t is not None), len(sent_at))
@@ -66,7 +66,7 @@ def model_to_caller(
     caller: Caller, sessions: list[SessionRecord], window: tuple[float, float]
 ) -> tuple[list[float], int, int]:
     """Added latency of each chunk sent in the window; 20 ms frames discarded on barge-in; frames lost."""
-    rx = tones.Received.mulaw(bytes(caller.audio), caller.audio_total, caller.audio_at)
+    rx = tones.Received.mulaw(caller.audio(), caller.audio_total, caller.audio_at)
     latencies, discarded, lost = [], 0, 0
     for session in sessions:
         segments = tones.track(session.voice, rx, session.audio_out_at)

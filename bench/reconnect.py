@@ -124,7 +124,7 @@ async def run(switches: int) -> list[dict[str, Any]]:
             raise RuntimeError(f"the caller ran out of unique frames ({frames}); lost frames cannot be told")
         covered, wrong = set(), 0
         for each in gemini.sessions:
-            frames_of, wrong_of = _coverage(bytes(each.audio), expected)
+            frames_of, wrong_of = _coverage(each.audio(), expected)
             covered |= frames_of
             wrong += wrong_of
         sent = max(covered) + 1

@@ -69,6 +69,11 @@ def server_handshake(key: str) -> bytes:
     ).encode()
 
 
+def b64_size(text: str) -> int:
+    """Bytes encoded by base64 text, standard or URL-safe, padded or not (without decoding it)."""
+    return len(text.rstrip("=")) * 3 // 4
+
+
 def b64_decode(text: str) -> bytes:
     """Bytes of base64 text, standard or URL-safe, padded or not (protobuf JSON allows all four)."""
     return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4))
