@@ -89,6 +89,7 @@ def build_app(
         policy=ReconnectPolicy(outage_audio_s=settings.reconnect_buffer_s),
         max_duration_s=settings.max_call_s,
         max_calls=settings.max_calls,
+        caller_silence_s=settings.caller_silence_s,
     )
     rest = TwilioRest(settings)
     # One engine for everything the service keeps (calls, stream tokens, bookings): one pool.

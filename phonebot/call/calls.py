@@ -52,10 +52,12 @@ class Calls:
         policy: ReconnectPolicy | None = None,
         max_duration_s: float = 3600.0,
         max_calls: int = 50,
+        caller_silence_s: float = 20.0,
     ) -> None:
         self._connector = connector
         self._policy = policy or ReconnectPolicy()
         self._max_duration_s = max_duration_s
+        self._caller_silence_s = caller_silence_s
         self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
         self.bookings = bookings  # the booking desk, once the app has opened it
         self.records: RecordSink | None = None  # where call records go, once the app has opened the store
@@ -118,7 +120,14 @@ class Calls:
             await caller.redirect(say=APOLOGY, dial=self._transfer_to)
             return EndReason.MODEL_UNREACHABLE
         session = CallSession(
-            caller, model, self._tools, self.bookings, self._transfer_to, self._max_duration_s, self.records
+            caller,
+            model,
+            self._tools,
+            self.bookings,
+            self._transfer_to,
+            self._max_duration_s,
+            self.records,
+            caller_silence_s=self._caller_silence_s,
         )
         self.active[info.call_sid] = session
         try:

@@ -36,6 +36,7 @@ class EndReason(StrEnum):
     BOT_ENDED = "bot_ended"  # the end_call tool, after the goodbye was heard
     TRANSFERRED = "transferred"
     MAX_DURATION = "max_duration"
+    CALLER_SILENT = "caller_silent"  # checked in on, still silent: the bot said goodbye
     MODEL_UNREACHABLE = "model_unreachable"
     ERROR = "error"
     SHUTDOWN = "shutdown"  # the service stopped while the call went on
@@ -97,11 +98,14 @@ class RecordSink(Protocol):
     def ended(self, record: CallRecord) -> None: ...
 
 
-def merge_fragment(turns: list[Turn], role: Role, text: str, offset_ms: int) -> tuple[Turn, bool]:
+def merge_fragment(
+    turns: list[Turn], role: Role, text: str, offset_ms: int, fresh: bool = False
+) -> tuple[Turn, bool]:
     """Transcription arrives in fragments; a turn is the run of one speaker's fragments (a turn
-    cut short takes no more). Returns the turn the text went to, and whether it is new."""
+    cut short takes no more; `fresh`: nor one that is over). Returns the turn the text went to,
+    and whether it is new."""
     last = turns[-1] if turns else None
-    if last is not None and last.role == role and not last.interrupted:
+    if last is not None and last.role == role and not last.interrupted and not fresh:
         last.text += text
         return last, False
     turn = Turn(role, text, offset_ms)
@@ -122,6 +126,7 @@ class CallRecord:
         self._playback = playback
         self._sink = sink
         self._seq = 0
+        self._bot_done = False  # the model went idle since the bot's last words
         if sink is not None:
             sink.started(self)
 
@@ -136,7 +141,10 @@ class CallRecord:
 
     def said(self, role: Role, text: str) -> None:
         """A transcription fragment of the caller's or the bot's speech."""
-        turn, new = merge_fragment(self.turns, role, text, self.offset_ms())
+        fresh = role == "bot" and self._bot_done
+        if role == "bot":
+            self._bot_done = False
+        turn, new = merge_fragment(self.turns, role, text, self.offset_ms(), fresh)
         if new:
             turn.seq = self._next_seq()
             if len(self.turns) > 1:
@@ -144,6 +152,11 @@ class CallRecord:
         if role == "bot":
             index, sent = self._audio_position()
             turn.fragments.append(_Fragment(text, index, sent))
+
+    def bot_idle(self) -> None:
+        """The model has finished (idle, not just between utterances): the bot's next words are a
+        new turn, even with no caller words between (a check-in on a silent caller, say)."""
+        self._bot_done = True
 
     def digit(self, digit: str) -> None:
         entry = Digit(digit, self.offset_ms(), self._next_seq())

@@ -3,7 +3,9 @@
 Two pumps, one per direction, no queue between them:
 - caller -> model: 8 kHz PCM, upsampled to the model's 16 kHz, sent at once;
 - model -> caller: 24 kHz PCM, downsampled to 8 kHz, played with marks to know what was heard.
-Barge-in clears the phone's buffer and drops the rest of the interrupted turn.
+Barge-in clears the phone's buffer and drops the rest of the interrupted turn. A third task,
+asleep but twice a second, asks `turns` whether a stalled model needs a nudge or a silent
+caller a check-in.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from phonebot.call.ports import (
 )
 from phonebot.call.record import CallRecord, EndReason, RecordSink
 from phonebot.call.tool_runner import ToolRunner
+from phonebot.call.turns import CHECK_EVERY_S, TurnTaking
 from phonebot.tools.context import ToolContext
 from phonebot.tools.spec import ToolSpec
 
@@ -43,6 +46,9 @@ APOLOGY = (
     "We're sorry, we're having technical difficulties and can't take your call right now. Please call again later."
 )
 TIME_LIMIT_CUE = "(The call has reached its time limit. Apologise briefly, say goodbye and end the call.)"
+NUDGE_CUE = "(The caller has finished speaking and is waiting for your answer. Answer them now.)"
+CHECK_IN_CUE = "(The caller has said nothing for a while. Ask them briefly whether they are still there.)"
+SILENT_GOODBYE_CUE = "(The caller is still silent. Say a short, polite goodbye; the call will then end.)"
 
 # end_call / transfer_call act once the bot's last words have been heard. If the model says
 # nothing more after asking, this long of quiet is enough; and never wait longer than the cap.
@@ -59,10 +65,12 @@ class _AfterSpeech:
     requested: float = field(default_factory=time.monotonic)
     turn_done: bool = False
 
-    def due(self, playing: bool, now: float) -> bool:
+    def due(self, playing: bool, busy: bool, now: float) -> bool:
         if now - self.requested > ACTION_CAP_S:
             return True
-        return not playing and (self.turn_done or now - self.requested > QUIET_AFTER_REQUEST_S)
+        if playing or busy:  # busy: the model is between utterances of one answer
+            return False
+        return self.turn_done or now - self.requested > QUIET_AFTER_REQUEST_S
 
 
 class CallSession:
@@ -75,6 +83,7 @@ class CallSession:
         transfer_to: str | None = None,
         max_duration_s: float = 3600.0,
         sink: RecordSink | None = None,
+        caller_silence_s: float = 20.0,
     ) -> None:
         self.caller = caller
         self.model = model
@@ -86,6 +95,7 @@ class CallSession:
         self._after_speech: _AfterSpeech | None = None
         self._pumps: set[asyncio.Task[EndReason]] = set()
         self._first_audio = True  # no bot audio sent yet (for the first-audio metric)
+        self.turns = TurnTaking(self.record.started, caller_silence_s)
         context = ToolContext(self.info.call_sid, self.info.caller_number, bookings=bookings, control=self)
         self.tools = ToolRunner(tools or {}, context, model, self.record)
         # The codec's resamplers are fixed to the telephone and Gemini rates.
@@ -98,6 +108,7 @@ class CallSession:
         self._pumps = pumps = {
             asyncio.create_task(self._caller_to_model(), name=f"caller->model {self.info.call_sid}"),
             asyncio.create_task(self._model_to_caller(), name=f"model->caller {self.info.call_sid}"),
+            asyncio.create_task(self._watch(), name=f"turns {self.info.call_sid}"),
         }
         reason = EndReason.SHUTDOWN  # unless a pump ends first
         try:
@@ -124,11 +135,13 @@ class CallSession:
                 case CallerDigit(digit=digit):
                     log.info("call.dtmf", digit=digit)
                     self.record.digit(digit)
+                    self.turns.caller_spoke(time.monotonic(), self._output(), self._bot_has_floor())
                     await self.model.send_text(f"(The caller pressed {digit})")
                 case PlaybackMark(name=name):
                     self.playback.heard(name)
             now = time.monotonic()
-            if self._after_speech is not None and self._after_speech.due(self.playback.playing, now):
+            after = self._after_speech
+            if after is not None and after.due(self.playback.playing, self.turns.busy(now), now):
                 return await self._act()
             if now > self._deadline and self._after_speech is None:
                 log.warning("call.time_limit")
@@ -148,13 +161,16 @@ class CallSession:
                         await self.caller.mark(mark)
                 case BotInterrupted():
                     await self._barge_in()
-                case BotTurnComplete():
+                case BotTurnComplete(idle=idle):
                     if (mark := self.playback.last_mark()) is not None:
                         await self.caller.mark(mark)
                     await self.caller.flush()
                     self.playback.finish()
-                    if self._after_speech is not None:
-                        self._after_speech.turn_done = True
+                    self.turns.model_turn(time.monotonic(), idle)
+                    if idle:  # not between the utterances of an answer still being worked on
+                        self.record.bot_idle()
+                        if self._after_speech is not None:
+                            self._after_speech.turn_done = True
                 case ToolCall() as call:
                     log.info("call.tool_call", tool=call.name, call_id=call.call_id)
                     self.tools.start(call)
@@ -162,11 +178,14 @@ class CallSession:
                     self.tools.cancel(call_ids)
                 case Transcript(role=role, text=text):
                     self.record.said(role, text)
-                    if role == "caller" and text.strip() and self.playback.playing and not self.playback.generating:
-                        # The model sends audio faster than it plays and only says `interrupted`
-                        # while generating: a caller talking over the rest of a finished turn is
-                        # heard here, as their words, and stops the bot all the same.
-                        await self._barge_in()
+                    if role == "caller" and text.strip():
+                        if self.playback.playing and not self.playback.generating:
+                            # The model sends audio faster than it plays and only says `interrupted`
+                            # while generating: a caller talking over the rest of a finished turn
+                            # is heard here, as their words, and stops the bot all the same.
+                            await self._barge_in()
+                        else:
+                            self.turns.caller_spoke(time.monotonic(), self._output(), self._bot_has_floor())
                 case ModelClosed(code=code, reason=reason):
                     log.error("call.model_unreachable", code=code, reason=reason)
                     return EndReason.MODEL_UNREACHABLE
@@ -215,8 +234,34 @@ class CallSession:
         metrics.BARGE_IN.observe(time.perf_counter() - began)
         self._down.reset()
         self.record.cut_short(playing)
+        self.turns.cut_in(time.monotonic(), self._output())
         if turn is not None:
             log.info("call.barge_in", turn=turn.index, heard_ms=round(turn.heard_ms), sent_ms=round(turn.sent_ms))
+
+
+    # -- turns: a stalled model, a silent caller --------------------------------------------
+
+    async def _watch(self) -> EndReason:
+        """Never returns: one timer per call does what `turns` says is due."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            action = self.turns.due(time.monotonic(), self._output(), self._bot_has_floor())
+            if action == "nudge":
+                log.warning("call.model_stalled", nudges=self.turns.nudges)
+                await self.model.send_text(NUDGE_CUE)
+            elif action == "check_in":
+                log.info("call.caller_silent", check_ins=self.turns.check_ins)
+                await self.model.send_text(CHECK_IN_CUE)
+            elif action == "goodbye":
+                log.info("call.caller_silent", check_ins=self.turns.check_ins)
+                await self.say_goodbye(SILENT_GOODBYE_CUE, EndReason.CALLER_SILENT)
+
+    def _output(self) -> int:
+        """How much the bot has produced: turns of audio and tool calls, so far."""
+        return len(self.playback.turns) + len(self.record.tool_calls)
+
+    def _bot_has_floor(self) -> bool:
+        return self.playback.playing or self.playback.generating or self.tools.running or self._after_speech is not None
 
 
 def _end_reason(done: set[asyncio.Task[EndReason]]) -> EndReason:

@@ -27,6 +27,11 @@ class ToolRunner:
         self._record = record
         self._tasks: dict[str, tuple[asyncio.Task[None], ToolRecord]] = {}
 
+    @property
+    def running(self) -> bool:
+        """Whether a tool is still at work (the model may be waiting on it)."""
+        return bool(self._tasks)
+
     def start(self, call: ToolCall) -> None:
         entry = self._record.tool_started(call.name, call.args)
         task = asyncio.create_task(self._run(call, entry), name=f"tool {call.name}")

@@ -3,11 +3,18 @@
 It speaks the Gemini Developer API wire format that google-genai's
 ``client.aio.live.connect()`` uses, over a real TLS WebSocket on 127.0.0.1:
 
-* path ``/ws/google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent``;
+* path ``/ws/google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent``, or
+  Vertex AI's ``/ws/google.cloud.aiplatform.{version}.LlmBidiService/BidiGenerateContent``;
   any other path is refused with HTTP 404 during the handshake;
-* the API key arrives in the ``x-goog-api-key`` header (the SDK's way) or as ``?key=``;
-  a missing key closes the socket with 1008, like the real service;
-* the first client message is ``{"setup": {...}}``, answered with ``{"setupComplete": {}}``;
+* the API key arrives in the ``x-goog-api-key`` header (the SDK's way) or as ``?key=``; on the
+  Vertex AI path an OAuth access token arrives as ``Authorization: Bearer``, checked against
+  ``vertex_tokens`` (what a token server issued); a missing key or token closes with 1008;
+* the first client message is ``{"setup": {...}}``, answered with ``{"setupComplete": {}}``
+  once the model's family (``gemini_families.py``) accepts it: an unknown model is closed with
+  1008, what the family refuses with 1007, and what makes its setup hang is never answered;
+* each family's rules hold for the session: 3.1 takes client_content only as declared initial
+  history and no scheduled tool results; only 3.8 takes contextUpdate; turnComplete carries
+  interactionStatus on 3.8 (IN_PROGRESS between the utterances of one extended-thinking answer);
 * later client messages have one top-level key (``realtime_input``, ``client_content``,
   ``tool_response``; camelCase accepted too). Anything else, or bad JSON, closes with 1007;
 * server messages are camelCase JSON sent as *binary* frames, as the real service does.
@@ -39,6 +46,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tests.fakes import gemini_families
+from tests.fakes.gemini_families import Family
 from tests.fakes.waiting import Changes
 
 CLOSE_INVALID_PAYLOAD = 1007
@@ -58,6 +67,9 @@ OUTPUT_BYTES_PER_SECOND = 24_000 * 2  # 24 kHz, 16-bit mono
 _PATH_RE = re.compile(
     r"^/+ws/google\.ai\.generativelanguage\.[\w.]+\.GenerativeService\.BidiGenerateContent$"
 )
+_VERTEX_PATH_RE = re.compile(r"^/+ws/google\.cloud\.aiplatform\.[\w.]+\.LlmBidiService/BidiGenerateContent$")
+CONTEXT_UPDATE_REASON = "contextUpdate is not supported by this model."
+BAD_TOKEN_REASON = "Request had invalid authentication credentials. Expected OAuth 2 access token."
 
 # Both spellings of each client message kind map to one canonical name.
 _CLIENT_MESSAGE_KINDS = {
@@ -177,8 +189,10 @@ class FakeLiveSession:
         api_key: str,
         binary_frames: bool,
         issued_handles: set[str] | None = None,
+        family: Family = gemini_families.GEMINI_25,
     ) -> None:
         self._ws = ws
+        self.family = family
         self._binary_frames = binary_frames
         self._issued_handles = issued_handles if issued_handles is not None else set()
         self.setup = setup
@@ -195,19 +209,18 @@ class FakeLiveSession:
         self.texts: list[str] = []
         self.client_contents: list[dict[str, Any]] = []
         self.tool_responses: list[dict[str, Any]] = []
+        self.system_instructions: list[Any] = []  # from contextUpdate, in order
+        self.vertex = bool(ws.request and _VERTEX_PATH_RE.match(urlsplit(ws.request.path).path))
         self.closed = asyncio.Event()
         self.close_code: int | None = None  # set only when the client started the close
         self.close_reason: str | None = None
         self.server_close_code: int | None = None  # set when this fake closed the socket
         self.server_close_reason: str | None = None
         self._realtime_started = False
+        # Declared initial history is open until a client_content with turnComplete ends it.
+        self._history_open = gemini_families.declares_history(setup)
         self._consumed_texts: set[int] = set()
         self._changes = Changes(self.closed, "session")
-
-    @property
-    def is_gemini3(self) -> bool:
-        # 3.x Live models only take client_content as history seeding before realtime input.
-        return "gemini-3" in self.model
 
     # ----- client -> server -------------------------------------------------------------------
 
@@ -216,7 +229,7 @@ class FakeLiveSession:
             async for raw in self._ws:
                 self._handle(raw)
                 await self._changes.notify()
-        except _ProtocolError as error:
+        except (_ProtocolError, gemini_families.Refused) as error:
             await self._close_with(error.code, error.reason)
         except ConnectionClosed:
             pass
@@ -234,7 +247,7 @@ class FakeLiveSession:
             "realtime_input": self._on_realtime_input,
             "client_content": self._on_client_content,
             "tool_response": self._on_tool_response,
-            "context_update": lambda body: None,
+            "context_update": self._on_context_update,
         }
         handlers[kind](body)
 
@@ -265,12 +278,37 @@ class FakeLiveSession:
             self.audio_mime_types.add(mime_type)
 
     def _on_client_content(self, body: dict[str, Any]) -> None:
-        if self.is_gemini3 and self._realtime_started:
+        in_history = self._history_open and not self._realtime_started
+        if not self.family.late_client_content and not in_history:
             raise _ProtocolError(CLOSE_INVALID_PAYLOAD, LATE_CLIENT_CONTENT_REASON)
+        if _field(body, "turn_complete"):
+            self._history_open = False
         self.client_contents.append(body)
 
     def _on_tool_response(self, body: dict[str, Any]) -> None:
+        gemini_families.check_tool_response(self.family, body)
         self.tool_responses.append(body)
+
+    def _on_context_update(self, body: dict[str, Any]) -> None:
+        if not self.family.context_update:
+            raise _ProtocolError(CLOSE_INVALID_PAYLOAD, CONTEXT_UPDATE_REASON)
+        instruction = _field(body, "system_instruction")
+        if instruction is not None:
+            self.system_instructions.append(instruction)
+
+    @property
+    def system_instruction_text(self) -> str:
+        """The system instructions in force: the setup's, or the latest contextUpdate's."""
+        current = self.system_instructions[-1] if self.system_instructions else _field(self.setup, "system_instruction")
+        return "".join(part.get("text", "") for part in (current or {}).get("parts", []))
+
+    def behaviour(self, name: str) -> str:
+        """How the function `name` declared in the setup runs on this model."""
+        for tool in _field(self.setup, "tools") or ():
+            for declaration in _field(tool, "function_declarations") or ():
+                if declaration.get("name") == name:
+                    return gemini_families.default_behaviour(self.family, declaration)
+        raise KeyError(name)
 
     def _record_client_close(self) -> None:
         protocol = self._ws.protocol
@@ -330,9 +368,16 @@ class FakeLiveSession:
             if send_time_log is not None:
                 send_time_log.append((time.monotonic(), offset))
 
-    async def send_turn_complete(self) -> None:
+    async def send_turn_complete(self, more: bool = False) -> None:
+        """End an utterance. `more`: the model is still working and will speak again (extended
+        thinking only); families with interaction_status say IN_PROGRESS, or IDLE when done."""
+        if more and self.family is not gemini_families.GEMINI_38_THINKING:
+            raise ValueError(f"a {self.family.name} model does not speak again unasked")
         await self.send({"serverContent": {"generationComplete": True}})
-        await self.send({"serverContent": {"turnComplete": True}})
+        content: dict[str, Any] = {"turnComplete": True}
+        if self.family.interaction_status:
+            content["interactionStatus"] = "IN_PROGRESS" if more else "IDLE"
+        await self.send({"serverContent": content})
 
     async def send_interrupted(self) -> None:
         await self.send({"serverContent": {"interrupted": True}})
@@ -382,6 +427,8 @@ class FakeLiveServer:
         """api_key: if set, any other key is refused (1008). binary_frames: send JSON as binary frames."""
         self._ssl_context = ssl_context
         self._expected_api_key = api_key
+        self.vertex_tokens: set[str] = set()  # access tokens the Vertex AI path takes
+        self.hung_setups: list[dict[str, Any]] = []  # setups the family never answers
         self._binary_frames = binary_frames
         self._server: Server | None = None
         self._new_sessions: asyncio.Queue[FakeLiveSession] = asyncio.Queue()
@@ -431,11 +478,15 @@ class FakeLiveServer:
             raise TimeoutError(f"no new Live session within {timeout}s") from None
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
-        if _PATH_RE.match(urlsplit(request.path).path):
+        path = urlsplit(request.path).path
+        if _PATH_RE.match(path) or _VERTEX_PATH_RE.match(path):
             return None
         return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
 
     def _auth_failure(self, request: Request) -> str | None:
+        if _VERTEX_PATH_RE.match(urlsplit(request.path).path):
+            bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+            return None if bearer in self.vertex_tokens else BAD_TOKEN_REASON
         key = _api_key(request)
         if not key:
             return MISSING_KEY_REASON
@@ -455,12 +506,24 @@ class FakeLiveServer:
         setup = await self._receive_setup(ws)
         if setup is None:
             return
+        try:
+            family, completes = gemini_families.check_setup(setup)
+        except gemini_families.Refused as refused:
+            await ws.close(refused.code, _close_reason(refused.reason))
+            return
+        if not completes:  # the service never answers such a setup
+            self.hung_setups.append(setup)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.wait_closed()
+            return
         resumption = _field(setup, "session_resumption")
         handle = _field(resumption, "handle") if isinstance(resumption, dict) else None
         if handle is not None and handle not in self.issued_handles:
             await ws.close(CLOSE_POLICY_VIOLATION, "Session resumption handle is invalid or expired.")
             return
-        session = FakeLiveSession(ws, setup, _api_key(ws.request) or "", self._binary_frames, self.issued_handles)
+        session = FakeLiveSession(
+            ws, setup, _api_key(ws.request) or "", self._binary_frames, self.issued_handles, family
+        )
         try:
             await session.send({"setupComplete": {}})
         except ConnectionClosed:

@@ -26,6 +26,8 @@ from .twilio_media import FakeTwilioCall
 
 MODEL_25 = "gemini-2.5-flash-native-audio-preview-09-2025"
 MODEL_3 = "gemini-3.1-flash-live-preview"
+MODEL_38 = "gemini-3.8-live"
+MODEL_38_THINKING = "gemini-3.8-live-extended-thinking"
 
 # ----- Gemini Live fake ------------------------------------------------------------------------
 
@@ -118,12 +120,13 @@ async def test_sdk_tool_call_round_trip(live_server: FakeLiveServer) -> None:
 
 
 @pytest.mark.asyncio
-async def test_gemini3_rejects_late_client_content(live_server: FakeLiveServer) -> None:
+async def test_gemini31_takes_client_content_only_as_declared_initial_history(live_server: FakeLiveServer) -> None:
     client = genai.Client()
-    async with client.aio.live.connect(model=MODEL_3) as session:
+    history = types.Content(role="user", parts=[types.Part(text="earlier")])
+    declared = types.LiveConnectConfig(history_config=types.HistoryConfig(initial_history_in_client_content=True))
+    async with client.aio.live.connect(model=MODEL_3, config=declared) as session:
         fake = await live_server.next_session()
-        history = types.Content(role="user", parts=[types.Part(text="earlier")])
-        await session.send_client_content(turns=history, turn_complete=False)  # seeding: allowed
+        await session.send_client_content(turns=history, turn_complete=True)  # seeding: allowed
         await session.send_realtime_input(text="now live")
         await session.send_client_content(turns=history)
         with pytest.raises(errors.APIError) as excinfo:
@@ -132,6 +135,107 @@ async def test_gemini3_rejects_late_client_content(live_server: FakeLiveServer) 
     assert LATE_CLIENT_CONTENT_REASON in str(excinfo.value)
     assert fake.server_close_code == 1007
     assert len(fake.client_contents) == 1
+
+    async with client.aio.live.connect(model=MODEL_3) as session:  # history not declared in the setup
+        fake = await live_server.next_session()
+        await session.send_client_content(turns=history, turn_complete=False)
+        with pytest.raises(errors.APIError) as excinfo:
+            await anext(session.receive())
+    assert excinfo.value.code == 1007 and not fake.client_contents
+
+
+def _declaring(behavior: types.Behavior) -> types.LiveConnectConfig:
+    function = types.FunctionDeclaration(name="f", description="d", behavior=behavior)
+    return types.LiveConnectConfig(tools=[types.Tool(function_declarations=[function])])
+
+
+@pytest.mark.parametrize(
+    ("model", "config", "outcome"),
+    [
+        (MODEL_25, types.LiveConnectConfig(
+            proactivity=types.ProactivityConfig(proactive_audio=False), enable_affective_dialog=True,
+            thinking_config=types.ThinkingConfig(thinking_budget=0)), "ok"),
+        (MODEL_3, types.LiveConnectConfig(proactivity=types.ProactivityConfig(proactive_audio=True)), "hangs"),
+        (MODEL_3, types.LiveConnectConfig(enable_affective_dialog=True), "hangs"),
+        (MODEL_3, _declaring(types.Behavior.NON_BLOCKING), 1007),  # synchronous calls only
+        (MODEL_3, _declaring(types.Behavior.BLOCKING), "ok"),
+        (MODEL_38, types.LiveConnectConfig(thinking_config=types.ThinkingConfig(thinking_level="LOW")), 1007),
+        (MODEL_38, types.LiveConnectConfig(proactivity=types.ProactivityConfig(proactive_audio=False)), 1007),
+        (MODEL_38, types.LiveConnectConfig(proactivity=types.ProactivityConfig(proactive_audio=True)), "ok"),
+        (MODEL_38, types.LiveConnectConfig(enable_affective_dialog=True), 1007),
+        (MODEL_38, types.LiveConnectConfig(response_modalities=[types.Modality.TEXT]), 1007),
+        (MODEL_38, _declaring(types.Behavior.BLOCKING), "ok"),
+        (MODEL_38_THINKING, _declaring(types.Behavior.BLOCKING), 1007),  # asynchronous calls only
+        (MODEL_38_THINKING, types.LiveConnectConfig(thinking_config=types.ThinkingConfig(thinking_level="HIGH")), "ok"),
+        ("gemini-9-live", types.LiveConnectConfig(), 1008),  # no such model
+    ],
+)
+@pytest.mark.asyncio
+async def test_each_family_refuses_what_its_docs_say(
+    live_server: FakeLiveServer, model: str, config: types.LiveConnectConfig, outcome: str | int
+) -> None:
+    connecting = genai.Client().aio.live.connect(model=model, config=config)
+    if outcome == "ok":
+        async with connecting:
+            await live_server.next_session()
+    elif outcome == "hangs":  # the setup is never answered
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async with connecting:
+                    pass
+        assert live_server.hung_setups and not live_server.sessions
+    else:
+        with pytest.raises(errors.APIError) as excinfo:
+            async with connecting:
+                pass
+        assert excinfo.value.code == outcome and not live_server.sessions
+
+
+@pytest.mark.parametrize(("model", "more", "status"), [
+    (MODEL_25, False, None), (MODEL_3, False, None), (MODEL_38, False, "IDLE"),
+    (MODEL_38_THINKING, True, "IN_PROGRESS"), (MODEL_38_THINKING, False, "IDLE"),
+])
+@pytest.mark.asyncio
+async def test_turn_complete_carries_interaction_status_where_the_family_has_it(
+    live_server: FakeLiveServer, model: str, more: bool, status: str | None
+) -> None:
+    async with genai.Client().aio.live.connect(model=model) as session:
+        fake = await live_server.next_session()
+        await fake.send_turn_complete(more=more)
+        messages = [await anext(session.receive()) for _ in range(2)]  # generationComplete, turnComplete
+        content = messages[-1].server_content
+        assert content.turn_complete
+        assert content.interaction_status == (types.InteractionStatus(status) if status else None)
+        if model != MODEL_38_THINKING:
+            with pytest.raises(ValueError):
+                await fake.send_turn_complete(more=True)  # only extended thinking speaks again unasked
+
+
+@pytest.mark.asyncio
+async def test_only_3_8_takes_context_updates_and_3_1_no_scheduled_results(live_server: FakeLiveServer) -> None:
+    client = genai.Client()
+    async with client.aio.live.connect(model=MODEL_38) as session:
+        fake = await live_server.next_session()
+        await session.send_context_update(system_instruction="Leave a message.")
+        await session.send_realtime_input(text="sync")
+        await fake.wait_for_text("sync")
+        assert fake.system_instruction_text == "Leave a message."
+    for model in (MODEL_25, MODEL_3):
+        async with client.aio.live.connect(model=model) as session:
+            fake = await live_server.next_session()
+            await session.send_context_update(system_instruction="Leave a message.")
+            with pytest.raises(errors.APIError) as excinfo:
+                await anext(session.receive())
+        assert excinfo.value.code == 1007 and fake.server_close_code == 1007
+    async with client.aio.live.connect(model=MODEL_3) as session:
+        fake = await live_server.next_session()
+        response = types.FunctionResponse(
+            id="c1", name="f", response={}, scheduling=types.FunctionResponseScheduling.WHEN_IDLE
+        )
+        await session.send_tool_response(function_responses=response)
+        with pytest.raises(errors.APIError) as excinfo:
+            await anext(session.receive())
+    assert excinfo.value.code == 1007 and not fake.tool_responses
 
 
 @pytest.mark.asyncio
@@ -148,7 +252,7 @@ async def test_live_rejects_missing_key_bad_json_and_refuses(
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
     async with ws_connect(url + path + "?key=k", ssl=client_ssl) as ws:  # key in the query works too
-        await ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        await ws.send(json.dumps({"setup": {"model": f"models/{MODEL_38}"}}))
         assert json.loads(await ws.recv()) == {"setupComplete": {}}
         await ws.send(json.dumps({"realtimeInput": {"text": "camel"}}))
         await ws.send(json.dumps({"bogus": {}}))
