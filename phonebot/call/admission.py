@@ -82,6 +82,10 @@ class Admission:
             held.expiry.cancel()
             held.expiry = None
 
+    def is_streaming(self, call_sid: str) -> bool:
+        held = self._held.get(call_sid)
+        return held is not None and held.expiry is None
+
     def rename(self, old: str, call_sid: str) -> None:
         """A call admitted under a name of our own (an outbound call before Twilio names it) is `call_sid` now."""
         held = self._held.pop(old, None)

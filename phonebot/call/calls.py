@@ -116,7 +116,7 @@ class Calls:
             model = await self._claim(info)
         except Exception as error:  # noqa: BLE001 - the call fails, never the server
             log.error("call.model_unreachable", error=repr(error))
-            CallRecord(info.call_sid, Playback(caller.sample_rate), self.records).end(EndReason.MODEL_UNREACHABLE)
+            CallRecord(info, Playback(caller.sample_rate), self.records).end(EndReason.MODEL_UNREACHABLE)
             await caller.redirect(say=APOLOGY, dial=self._transfer_to)
             return EndReason.MODEL_UNREACHABLE
         session = CallSession(
@@ -153,6 +153,15 @@ class Calls:
             session.stop()
         for call_sid in list(self._early):
             await self.release(call_sid)
+
+    async def ended(self, call_sid: str) -> None:
+        """Twilio says the call is over. If its stream has not started here, its place and its early
+        model session go now (not when the session's TTL runs out); a streaming call ends by itself."""
+        if call_sid in self.active or self.admission.is_streaming(call_sid):
+            return
+        if call_sid in self._early:
+            log.info("call.ended_before_stream", call_sid=call_sid)
+        await self.release(call_sid)
 
     async def aclose(self) -> None:
         """Close sessions no stream has claimed (shutdown)."""

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from phonebot.call.playback import BotTurn, Playback
+from phonebot.call.ports import CallInfo
 
 Role = Literal["caller", "bot"]
 
@@ -114,8 +115,9 @@ def merge_fragment(
 
 
 class CallRecord:
-    def __init__(self, call_sid: str, playback: Playback, sink: RecordSink | None = None) -> None:
-        self.call_sid = call_sid
+    def __init__(self, info: CallInfo, playback: Playback, sink: RecordSink | None = None) -> None:
+        self.info = info
+        self.call_sid = info.call_sid
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.ended_at: datetime | None = None

@@ -89,7 +89,7 @@ class CallSession:
         self.model = model
         self.info = caller.info
         self.playback = Playback(caller.sample_rate)
-        self.record = CallRecord(self.info.call_sid, self.playback, sink)
+        self.record = CallRecord(self.info, self.playback, sink)
         self._transfer_to = transfer_to
         self._deadline = self.record.started + max_duration_s
         self._after_speech: _AfterSpeech | None = None

@@ -71,11 +71,19 @@ def _postgres_timeouts(timeout_s: float | None) -> dict[str, Any]:
 @asynccontextmanager
 async def exclusive(engine: AsyncEngine, lock: str) -> AsyncIterator[AsyncConnection]:
     """A transaction that no other `exclusive(…, lock)` runs beside, in any process."""
+    async with writing(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(select(func.pg_advisory_xact_lock(lock_key(lock))))
+        yield connection
+
+
+@asynccontextmanager
+async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that writes. On SQLite it takes the write lock as it begins, so a writer
+    waits its turn (busy timeout) instead of failing half-way when it reads before it writes."""
     async with engine.connect() as connection:
         await connection.execution_options(**{_WRITE: True})
         async with connection.begin():
-            if connection.dialect.name == "postgresql":
-                await connection.execute(select(func.pg_advisory_xact_lock(lock_key(lock))))
             yield connection
 
 

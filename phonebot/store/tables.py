@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Dialect, Index, Integer, MetaData, String, Table, Text, TypeDecorator
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 
 metadata = MetaData()
 
@@ -68,6 +81,18 @@ calls = Table(
     Column("to_number", String(32), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("stream_started_at", UtcDateTime, nullable=True),  # set once: a call has one stream
+    # The rest of the record (0003).
+    Column("status", String(16), nullable=True),  # Twilio's CallStatus, as last known
+    Column("answered_by", String(16), nullable=True),  # human | machine | unknown
+    Column("instructions", Text, nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON object
+    Column("ended_at", UtcDateTime, nullable=True),
+    Column("end_reason", String(32), nullable=True),  # phonebot.call.record.EndReason
+    Column("instance", String(64), nullable=True),  # the process that runs (ran) the call
+    Index("ix_calls_created_at", "created_at", "call_sid"),
+    Index("ix_calls_ended_at", "ended_at"),
+    Index("ix_calls_from_number", "from_number"),
+    Index("ix_calls_to_number", "to_number"),
 )
 
 # The per-call secret in a stream URL, kept only as its sha256 (a database leak opens no stream).
@@ -79,4 +104,40 @@ stream_tokens = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("used_at", UtcDateTime, nullable=True),
     Index("ix_stream_tokens_expires_at", "expires_at"),
+)
+
+# A call's timeline: turns, tool calls and digits, numbered in order, each written (and rewritten,
+# as a turn grows or is cut short) as the call goes.
+call_events = Table(
+    "call_events",
+    metadata,
+    Column("call_sid", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(8), nullable=False),  # turn | tool | dtmf
+    Column("offset_ms", Integer, nullable=False),
+    Column("data", Text, nullable=False),  # JSON: the entry's own fields
+    PrimaryKeyConstraint("call_sid", "seq"),
+)
+
+# Webhook events waiting to be delivered, delivered, or given up on (kept, never deleted).
+# `id` is the webhook-id of every attempt. A replica works an event while it holds its lease.
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("call_sid", String(64), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("body", Text, nullable=False),  # the exact JSON that is signed and sent
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("last_attempt_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("lease", String(32), nullable=True),  # the claim working it now ...
+    Column("leased_by", String(64), nullable=True),  # ... by which process (see store/liveness.py) ...
+    Column("lease_until", UtcDateTime, nullable=True),  # ... until when at the latest
+    UniqueConstraint("call_sid", "event_type", name="uq_webhook_outbox_call_event"),
+    Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
 )

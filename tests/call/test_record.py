@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from phonebot.call.playback import Playback
+from phonebot.call.ports import CallInfo
 from phonebot.call.record import CallRecord, Digit, EndReason, Entry, ToolRecord, Turn
 from tests import audio
 from tests.conftest import Service
@@ -13,6 +14,7 @@ from tests.fakes.gemini_live import FakeLiveServer
 from tests.phone import FORM, answer, expected_mulaw_bytes
 
 MS = 8  # samples per millisecond at 8 kHz
+INFO = CallInfo("CA1", "+14155550123", "+14155550199")
 
 
 class ListSink:
@@ -47,7 +49,7 @@ def speak(playback: Playback, record: CallRecord, text: str, ms: int) -> list[st
 
 def test_a_barged_in_turn_keeps_the_fragments_and_words_that_were_heard() -> None:
     playback = Playback(8000)
-    record = CallRecord("CA1", playback)
+    record = CallRecord(INFO, playback)
     marks = speak(playback, record, "Hello, thank you for calling.", 1000)
     marks += speak(playback, record, " We are open from nine", 1000)
     marks += speak(playback, record, " until five.", 1000)
@@ -67,7 +69,7 @@ def test_a_barged_in_turn_keeps_the_fragments_and_words_that_were_heard() -> Non
 
 def test_words_the_model_sent_before_any_of_their_audio_played_are_not_heard() -> None:
     playback = Playback(8000)
-    record = CallRecord("CA1", playback)
+    record = CallRecord(INFO, playback)
     record.said("bot", "Let me check that for you.")  # the transcription is ahead of the audio
     playback.interrupt()
     record.cut_short(playing=False)
@@ -78,7 +80,7 @@ def test_words_the_model_sent_before_any_of_their_audio_played_are_not_heard() -
 
 def test_a_turn_that_was_all_heard_is_not_cut_by_a_late_interruption() -> None:
     playback = Playback(8000)
-    record = CallRecord("CA1", playback)
+    record = CallRecord(INFO, playback)
     marks = speak(playback, record, "Goodbye.", 200)
     marks.append(playback.last_mark() or "")
     playback.finish()
@@ -91,7 +93,7 @@ def test_a_turn_that_was_all_heard_is_not_cut_by_a_late_interruption() -> None:
 
 def test_hanging_up_on_the_bot_cuts_its_turn_short() -> None:
     playback = Playback(8000)
-    record = CallRecord("CA1", playback)
+    record = CallRecord(INFO, playback)
     record.said("caller", "What are your hours?")
     marks = speak(playback, record, "We open at nine", 500)
     marks += speak(playback, record, " and close at five.", 500)
@@ -106,7 +108,7 @@ def test_hanging_up_on_the_bot_cuts_its_turn_short() -> None:
 def test_entries_reach_the_sink_in_timeline_order_as_each_is_finished() -> None:
     sink = ListSink()
     playback = Playback(8000)
-    record = CallRecord("CA1", playback, sink)
+    record = CallRecord(INFO, playback, sink)
     record.said("bot", "Hello.")
     record.said("caller", "Book me")
     record.said("caller", " in, please.")

@@ -23,7 +23,7 @@ async def test_a_fresh_database_is_upgraded_to_the_head(database_url: str) -> No
         assert await migrate.upgrade(engine) == migrate.head()  # again: nothing to do
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
-        assert set(tables) == {"alembic_version", "bookings", "calls", "stream_tokens"}
+        assert set(tables) == {"alembic_version", "bookings", "calls", "stream_tokens", "call_events", "webhook_outbox"}
     finally:
         await engine.dispose()
 

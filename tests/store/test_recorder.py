@@ -1,0 +1,120 @@
+"""The recorder on each backend: a call's record written as it goes and ended once with its
+report queued; calls left behind by a dead process, or whose stream never came, finalised."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from phonebot.call.playback import Playback
+from phonebot.call.ports import CallInfo
+from phonebot.call.record import CallRecord, EndReason
+from phonebot.store import records
+from phonebot.store.engine import writing
+from phonebot.store.liveness import Liveness
+from phonebot.store.recorder import Recorder
+from phonebot.store.tables import call_events, calls, webhook_outbox
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def recorder(engine: AsyncEngine) -> AsyncIterator[Recorder]:
+    recorder = Recorder(engine, Liveness(engine), webhook=True)
+    try:
+        yield recorder
+    finally:
+        await recorder.close()
+
+
+async def add_call(
+    engine: AsyncEngine, call_sid: str, *, created: timedelta, started: timedelta | None, instance: str | None,
+    last_event_ms: int | None = None,
+) -> None:
+    """A call as a process that ran it would have left it: not ended."""
+    async with writing(engine) as connection:
+        await connection.execute(
+            insert(calls).values(
+                call_sid=call_sid, direction="inbound", from_number="+14155550123", to_number="+14155550199",
+                created_at=NOW - created, stream_started_at=None if started is None else NOW - started,
+                instance=instance, status="in-progress",
+            )
+        )
+        if last_event_ms is not None:
+            turn = json.dumps({"role": "caller", "text": "Hello?", "interrupted": False})
+            await connection.execute(
+                insert(call_events).values(call_sid=call_sid, seq=1, kind="turn", offset_ms=last_event_ms, data=turn)
+            )
+
+
+async def ended(engine: AsyncEngine) -> dict[str, tuple[Any, ...]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            select(calls.c.call_sid, calls.c.end_reason, calls.c.ended_at, webhook_outbox.c.status)
+            .outerjoin(webhook_outbox, webhook_outbox.c.call_sid == calls.c.call_sid)
+            .where(calls.c.ended_at.is_not(None))
+        )
+        return {row.call_sid: (row.end_reason, row.ended_at, row.status) for row in rows}
+
+
+async def test_calls_nobody_will_end_are_finalised_and_reported(engine: AsyncEngine, recorder: Recorder) -> None:
+    dead, alive = Liveness(engine), Liveness(engine)
+    await dead.hold()
+    await alive.hold()
+    await dead.release()  # the process died
+    minute = timedelta(minutes=1)
+    await add_call(
+        engine, "CAdead", created=10 * minute, started=10 * minute, instance=dead.instance, last_event_ms=95_000
+    )
+    await add_call(engine, "CAalive", created=10 * minute, started=10 * minute, instance=alive.instance)
+    await add_call(engine, "CAunclaimed-old", created=10 * minute, started=5 * minute, instance=None)
+    await add_call(engine, "CAunclaimed-new", created=minute, started=timedelta(seconds=5), instance=None)
+    await add_call(engine, "CAno-stream-old", created=20 * minute, started=None, instance=None)
+    await add_call(engine, "CAno-stream-new", created=minute, started=None, instance=None)
+    assert await recorder.sweep() == 3
+    finished = await ended(engine)
+    assert {sid: (reason, status) for sid, (reason, _at, status) in finished.items()} == {
+        "CAdead": ("service_restart", "pending"),
+        "CAunclaimed-old": ("service_restart", "pending"),
+        "CAno-stream-old": ("no_stream", "pending"),
+    }
+    # It ended after the last thing recorded of it, not at the restart.
+    assert abs(finished["CAdead"][1] - (NOW - 10 * minute + timedelta(seconds=95))) < timedelta(milliseconds=2)
+    assert await recorder.sweep() == 0  # once
+    await alive.release()
+
+
+async def test_a_record_is_written_as_the_call_goes_and_ended_once(engine: AsyncEngine, recorder: Recorder) -> None:
+    recorder.start()
+    info = CallInfo("CA" + "7" * 32, "+14155550123", "+14155550199")
+    playback = Playback(8000)
+    record = CallRecord(info, playback, recorder)
+    record.said("bot", "Hello.")
+    record.said("caller", "Hi, I'd like")
+    record.said("caller", " an appointment.")
+    record.said("bot", "Of course.")
+    await recorder.close(flush_s=5)  # written: the two finished turns; the third is in progress
+    async with engine.connect() as connection:
+        stored = await records.load_report(connection, info.call_sid)
+    assert stored is not None and stored["ended_at"] is None and stored["status"] == "in-progress"
+    assert [turn["text"] for turn in stored["turns"]] == ["Hello.", "Hi, I'd like an appointment."]
+
+    recorder = Recorder(engine, Liveness(engine), webhook=True)
+    recorder.start()
+    record._sink = recorder
+    record.end(EndReason.BOT_ENDED)
+    record.end(EndReason.ERROR)
+    await recorder.close(flush_s=5)
+    async with engine.connect() as connection:
+        stored = await records.load_report(connection, info.call_sid)
+        reports = (await connection.execute(select(webhook_outbox.c.body))).scalars().all()
+    assert stored is not None and stored["end_reason"] == "bot_ended"
+    assert [turn["text"] for turn in stored["turns"]] == ["Hello.", "Hi, I'd like an appointment.", "Of course."]
+    [body] = reports
+    assert json.loads(body)["data"] == stored
