@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from phonebot import errors, metrics
+from phonebot import api, errors, metrics
 from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
 from phonebot.call.ports import ModelConnector
@@ -25,13 +25,19 @@ from phonebot.health import Readiness, healthz
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store import CallStore, Desk, StoreNotReady, migrate
 from phonebot.store.engine import make_engine
+from phonebot.store.liveness import Liveness
+from phonebot.store.outbox import Outbox
+from phonebot.store.recorder import Recorder
+from phonebot.store.records import ENDED
 from phonebot.telephony import messages
 from phonebot.telephony.rest import TwilioRest
+from phonebot.telephony.status import CallStatus, status_endpoint
 from phonebot.telephony.stream import media_endpoint
 from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS
 from phonebot.tools.spec import ToolFunction, ToolSpec
+from phonebot.webhook import Deliveries
 
 log = structlog.get_logger(__name__)
 
@@ -92,26 +98,48 @@ def build_app(
         caller_silence_s=settings.caller_silence_s,
     )
     rest = TwilioRest(settings)
-    # One engine for everything the service keeps (calls, stream tokens, bookings): one pool.
+    # One engine for everything the service keeps (calls, stream tokens, bookings, records): one pool.
     engine = make_engine(settings.database_url)
     store = CallStore(engine)
     readiness = Readiness(problems, engine, calls.admission)
+    # Call records: written as calls go, finalised if their process died, reported by webhook.
+    liveness = Liveness(engine)
+    deliveries = Deliveries(settings, Outbox(engine, liveness.instance), liveness)
+    webhook = settings.transcript_webhook_url is not None
+    recorder = Recorder(engine, liveness, webhook=webhook, on_queued=deliveries.wake)
+    calls.records = recorder
+
+    async def call_status(update: CallStatus) -> bool:
+        if update.status in ENDED:
+            await calls.ended(update.call_sid)  # at once, whatever the database says
+        try:
+            await recorder.status(update.call_sid, update.status, update.answered_by)
+        except SQLAlchemyError as error:
+            log.error("records.status_not_recorded", call_sid=update.call_sid, error=repr(error))
+            return False
+        return True
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await _make_ready(engine)
         # Without a business the service still answers calls, and the booking tools say so.
         calls.bookings = Desk(business, engine) if business is not None else None
+        recorder.start()
+        deliveries.start()
         try:
             yield
         finally:
             await calls.aclose()
+            await recorder.close()
+            await deliveries.close()
             await engine.dispose()
 
     app = Starlette(
         routes=[
             Route("/twilio/voice", voice_endpoint(settings, store, calls), methods=["POST"]),
             WebSocketRoute("/twilio/media/{token}", media_endpoint(settings, store, calls.run, rest)),
+            Route("/twilio/status", status_endpoint(settings, call_status), methods=["POST"]),
+            *api.routes(settings, engine),
             Route("/healthz", healthz),
             Route("/readyz", readiness.readyz),
             Route("/metrics", metrics_endpoint),
@@ -123,6 +151,7 @@ def build_app(
     app.state.calls = calls
     app.state.store = store
     app.state.drain = Drain(calls, settings.drain_s)  # SIGTERM starts it (server.py); `.draining` for the API
+    app.state.recorder = recorder
     return app
 
 

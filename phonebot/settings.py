@@ -7,6 +7,8 @@ needs it, and `Settings.problems()` lists every problem at once for `phonebot do
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from pathlib import Path
@@ -100,6 +102,30 @@ class Settings(BaseSettings):
     def _e164(cls, value: str | None) -> str | None:
         if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
             raise ValueError("must be an E.164 number like +14155550123")
+        return value
+
+    @field_validator("transcript_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("must be the http(s):// URL finished-call reports are POSTed to")
+        return value
+
+    @field_validator("transcript_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str | None) -> str | None:
+        # Standard Webhooks: "whsec_" and the base64 of 24 to 64 random bytes.
+        if value is None:
+            return None
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not 24 <= len(key) <= 64:
+            raise ValueError(
+                "must be whsec_ followed by the base64 of 24 to 64 random bytes, e.g. `python3 -c "
+                '"import base64, secrets; print(\'whsec_\' + base64.b64encode(secrets.token_bytes(32)).decode())"`'
+            )
         return value
 
     @field_validator("database_url", mode="before")
@@ -203,6 +229,10 @@ class Settings(BaseSettings):
             found.append("TWILIO_ACCOUNT_SID is not set; it is required for calls")
         if self.twilio_auth_token is None:
             found.append("TWILIO_AUTH_TOKEN is not set; it is required for calls")
+        if self.transcript_webhook_url is not None and self.transcript_webhook_secret is None:
+            found.append(
+                "TRANSCRIPT_WEBHOOK_SECRET is not set; it is required with TRANSCRIPT_WEBHOOK_URL (reports wait unsent)"
+            )
         try:
             if not self.prompt().strip():
                 found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} is empty")
@@ -226,7 +256,7 @@ def describe_invalid(error: ValidationError) -> list[str]:
     for item in error.errors():
         variable = str(item["loc"][0]) if item["loc"] else "?"
         # Secrets' values are never echoed; a database URL may carry a password.
-        secret = "TOKEN" in variable or "KEY" in variable or variable == "DATABASE_URL"
+        secret = any(part in variable for part in ("TOKEN", "KEY", "SECRET")) or variable == "DATABASE_URL"
         shown = "" if secret else f" (got {item.get('input')!r})"
         lines.append(f"{variable}: {item['msg'].removeprefix('Value error, ')}{shown}")
     return lines

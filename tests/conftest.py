@@ -20,8 +20,10 @@ from phonebot import logs
 from phonebot.app import UVICORN_OPTIONS, build_app
 from phonebot.settings import Settings
 from phonebot.tools.spec import ToolSpec
+from tests.databases import database_url, engine, postgres, postgres_url, sqlite_url  # noqa: F401 - fixtures
 from tests.fakes.gemini_live import FakeLiveServer, make_tls
 from tests.fakes.twilio_media import FakeTwilioCall
+from tests.fakes.webhook_receiver import WebhookReceiver
 
 AUTH_TOKEN = "test-auth-token"
 PUBLIC_URL = "https://bot.example.test"
@@ -77,17 +79,47 @@ class Service:
         return FakeTwilioCall(self.local_url(stream_url), signature=signature, **kwargs)
 
     async def post_voice(self, form: dict[str, str], signature: str | None = "valid") -> httpx.Response:
+        return await self.post_twilio("/twilio/voice", form, signature)
+
+    async def post_status(self, form: dict[str, str], signature: str | None = "valid") -> httpx.Response:
+        return await self.post_twilio("/twilio/status", form, signature)
+
+    async def post_twilio(self, path: str, form: dict[str, str], signature: str | None = "valid") -> httpx.Response:
+        """A POST as Twilio makes it: the form, signed for its URL under PHONEBOT_PUBLIC_URL."""
         headers = {}
         if signature == "valid":
-            signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/twilio/voice", form)
+            signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + path, form)
         if signature is not None:
             headers["X-Twilio-Signature"] = signature
         async with httpx.AsyncClient(base_url=self.http_url) as client:
-            return await client.post("/twilio/voice", data=form, headers=headers)
+            return await client.post(path, data=form, headers=headers)
+
+    def api(self) -> httpx.AsyncClient:
+        """A client of the operator API, with the right bearer token."""
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
+        return httpx.AsyncClient(base_url=self.http_url, headers=headers)
+
+    async def call_record(self, call_sid: str) -> dict[str, Any]:
+        """`GET /calls/{call_sid}`, which must answer 200."""
+        async with self.api() as api:
+            response = await api.get(f"/calls/{call_sid}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
 
     @property
     def calls(self) -> Any:
         return self.app.state.calls
+
+
+@pytest.fixture
+async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
+    """A business's webhook endpoint, up."""
+    receiver = WebhookReceiver()
+    await receiver.up()
+    try:
+        yield receiver
+    finally:
+        await receiver.close()
 
 
 @pytest.fixture

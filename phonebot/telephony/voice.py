@@ -22,7 +22,7 @@ from phonebot.call.ports import CallInfo, Direction
 from phonebot.errors import error_response
 from phonebot.settings import Settings
 from phonebot.store.calls import CallStore
-from phonebot.telephony.signature import signature_ok
+from phonebot.telephony.signature import signed_form
 
 log = structlog.get_logger(__name__)
 
@@ -70,12 +70,9 @@ def voice_endpoint(
     """`calls` hears of the call as soon as Twilio does: to count it, and to get the model ready early."""
 
     async def endpoint(request: Request) -> Response:
-        form = {key: str(value) for key, value in (await request.form()).items()}
-        url = settings.require_public_url() + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
-        if not signature_ok(settings.require_auth_token(), url, form, request.headers.get("x-twilio-signature")):
-            log.warning("voice.bad_signature", call_sid=form.get("CallSid"))
+        form = await signed_form(settings, request)
+        if form is None:
+            log.warning("voice.bad_signature")
             return error_response(403, "bad_signature", "X-Twilio-Signature does not match this request")
         if not form.get("CallSid"):
             return error_response(400, "bad_request", "CallSid is missing")
