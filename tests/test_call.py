@@ -107,7 +107,9 @@ async def test_barge_in_clears_twilio_and_drops_the_rest_of_the_turn(
     turn = service.calls.active[FORM["CallSid"]].playback.turns[0]
     assert turn.interrupted
     assert turn.heard_ms <= played_at_clear / 8 + 1  # never more than was played
-    assert turn.heard_ms >= played_at_clear / 8 - 150  # within the mark granularity (~40 ms chunks)
+    # Within the mark granularity (~120 ms here), less any genuine echo still on its way when the
+    # ledger froze at the clear (it freezes first, so that none of the clear's echoes counts).
+    assert turn.heard_ms >= played_at_clear / 8 - 250
     assert turn.sent_ms > turn.heard_ms
     await call.stop()
 
