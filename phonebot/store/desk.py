@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, insert, not_, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -126,14 +126,15 @@ class Desk:
     async def upcoming(self, phone: str, now: datetime, limit: int = 5) -> list[Appointment]:
         """Booked appointments from `now` on for this phone number, soonest first.
 
-        A number given with "+" must match exactly; one without (as callers say them, with a
-        trunk 0 and no country code) matches stored numbers that end in the same digits.
+        Two numbers in E.164 ("+" first) must be equal; when either is written as callers say
+        them (a trunk 0, no country code), they match when they end in the same digits.
         """
         wanted = clean_phone(phone)
+        same_tail = bookings.c.phone.like("%" + wanted[-PHONE_TAIL_DIGITS:])
         matches = (
-            bookings.c.phone == wanted
+            or_(bookings.c.phone == wanted, and_(not_(bookings.c.phone.like("+%")), same_tail))
             if wanted.startswith("+")
-            else bookings.c.phone.like("%" + wanted[-PHONE_TAIL_DIGITS:])
+            else same_tail
         )
         query = (
             select(bookings)

@@ -18,13 +18,13 @@ from phonebot.business import WEEKDAYS, Business, Service
 from phonebot.store.desk import Appointment, Desk, PlaceTaken, StoreUnavailable, UnknownBooking, clean_phone
 from phonebot.store.reference import spoken
 from phonebot.tools.context import ToolContext, ToolError
+from phonebot.tools.ownership import MIN_PHONE_DIGITS, check_owner, same_number
 from phonebot.tools.spec import ToolFunction
 
 MAX_DAYS_SEARCHED = 31  # one call looks at most this many days ahead of date_from
 MAX_DAYS_LISTED = 4  # and offers times on at most this many days...
 MAX_TIMES_PER_DAY = 5  # ...with at most this many times each: a list a caller can take in by ear
 LOOKAHEAD_DAYS = 60  # when nothing is free in the range asked, how far on to find the next free day
-MIN_PHONE_DIGITS = 7
 
 DIARY_UNREACHABLE = (
     "The booking diary cannot be reached just now, so this could not be done. Apologise, and offer "
@@ -170,50 +170,55 @@ async def book_appointment(
 
 @_uses_the_diary
 async def find_booking(
-    ctx: ToolContext, reference: str | None = None, phone: str | None = None
+    ctx: ToolContext, reference: str | None = None, customer_name: str | None = None
 ) -> dict[str, Any]:
-    """Look up a caller's bookings: by booking reference (that booking, even if cancelled), or
-    else the upcoming bookings made with a phone number, by default the number they are calling from.
+    """Look up a caller's bookings. Without a reference: the upcoming bookings made with the number
+    they are calling from. With a reference: that booking (even if cancelled), if it was made with
+    the number they are calling from; otherwise only with the name it was booked under, so ask the
+    caller for the reference and that name. A booking is only ever discussed with its owner.
 
     Args:
         reference: The booking reference, like K7M4PX (spaces, dashes and case do not matter).
-        phone: The phone number the booking was made with; leave out to use the caller's own number.
+        customer_name: The name the booking was made under, as the caller says it; needed when they
+            call from a number other than the booking's.
     """
     desk = _desk(ctx)
     business, now = desk.business, ctx.now()
     if reference:
-        found = await _existing(desk, reference)
-        return {"bookings": [describe(found, business, now)]}
-    number = phone or ctx.caller_number
-    if not number:
+        found = await _owned(ctx, desk, reference, customer_name)
+        return {"bookings": [describe(found, business, now, _their_number(ctx, found))]}
+    if not ctx.caller_number:
         raise ToolError(
-            "bad_input", "The caller's number is withheld: ask for their booking reference or phone number."
+            "needs_reference",
+            "The caller's number is withheld: ask for their booking reference and the name it was booked under.",
         )
-    if len(clean_phone(number).lstrip("+")) < MIN_PHONE_DIGITS:
-        raise ToolError("bad_input", f"{number!r} is not a full phone number; ask for it again.")
-    upcoming = await desk.upcoming(number, now)
+    upcoming = await desk.upcoming(ctx.caller_number, now)
     if not upcoming:
         raise ToolError(
             "not_found",
-            f"No upcoming bookings for the phone number {number}. Ask for the booking "
-            "reference, or the number they booked with.",
+            "No upcoming bookings were made with the number the caller is calling from. Ask for the "
+            "booking reference and the name it was booked under.",
         )
     return {"bookings": [describe(appointment, business, now) for appointment in upcoming]}
 
 
 @_uses_the_diary
-async def cancel_booking(ctx: ToolContext, reference: str) -> dict[str, Any]:
+async def cancel_booking(ctx: ToolContext, reference: str, customer_name: str | None = None) -> dict[str, Any]:
     """Cancel a booking, once the caller has confirmed which one (see find_booking) and that they
-    want it cancelled.
+    want it cancelled. Only the owner may: a booking made with the number they are calling from,
+    or else they give the name it was booked under.
 
     Args:
         reference: The booking reference, like K7M4PX.
+        customer_name: The name the booking was made under, as the caller says it; needed when they
+            call from a number other than the booking's.
     """
     desk = _desk(ctx)
     business, now = desk.business, ctx.now()
-    found = await _existing(desk, reference)
+    found = await _owned(ctx, desk, reference, customer_name)
+    mine = _their_number(ctx, found)
     if found.status == "cancelled":
-        return {"cancelled": True, "already_cancelled": True, **describe(found, business, now)}
+        return {"cancelled": True, "already_cancelled": True, **describe(found, business, now, mine)}
     if found.starts_at <= now:
         raise ToolError(
             "in_past", "That appointment has already started or taken place; it cannot be cancelled."
@@ -222,22 +227,28 @@ async def cancel_booking(ctx: ToolContext, reference: str) -> dict[str, Any]:
         cancelled = await desk.cancel(found.reference, now)
     except UnknownBooking:  # cancelled by someone else a moment ago
         cancelled = found
-    return {"cancelled": True, **describe(cancelled, business, now)}
+    return {"cancelled": True, **describe(cancelled, business, now, mine)}
 
 
 @_uses_the_diary
-async def reschedule_booking(ctx: ToolContext, reference: str, date: str, time: str) -> dict[str, Any]:
+async def reschedule_booking(
+    ctx: ToolContext, reference: str, date: str, time: str, customer_name: str | None = None
+) -> dict[str, Any]:
     """Move a booking to another time, keeping its service, name and reference; find a free time
     with check_availability first. If the new time cannot be booked, the booking stays as it was.
+    Only the owner may: a booking made with the number they are calling from, or else they give
+    the name it was booked under.
 
     Args:
         reference: The booking reference, like K7M4PX.
         date: The new day, as an ISO date like 2026-12-01.
         time: The new start time in the business's local time, 24-hour, like 14:30.
+        customer_name: The name the booking was made under, as the caller says it; needed when they
+            call from a number other than the booking's.
     """
     desk = _desk(ctx)
     business, now = desk.business, ctx.now()
-    found = await _existing(desk, reference)
+    found = await _owned(ctx, desk, reference, customer_name)
     if found.status == "cancelled":
         raise ToolError(
             "not_found", f"Booking {found.reference} was cancelled; book a new appointment instead."
@@ -255,7 +266,7 @@ async def reschedule_booking(ctx: ToolContext, reference: str, date: str, time: 
         raise ToolError("not_found", f"Booking {found.reference} was just cancelled.") from None
     except PlaceTaken:
         raise await _taken(desk, kept, start, now) from None
-    return {"rescheduled": True, **describe(moved, business, now)}
+    return {"rescheduled": True, **describe(moved, business, now, _their_number(ctx, found))}
 
 
 BOOKING_TOOLS = (check_availability, book_appointment, find_booking, cancel_booking, reschedule_booking)
@@ -264,9 +275,11 @@ BOOKING_TOOLS = (check_availability, book_appointment, find_booking, cancel_book
 # -- what the model is told ------------------------------------------------------------------
 
 
-def describe(appointment: Appointment, business: Business, now: datetime) -> dict[str, Any]:
+def describe(appointment: Appointment, business: Business, now: datetime, full_phone: bool = True) -> dict[str, Any]:
+    """What the model is told of a booking; its phone number only in part unless it is the caller's own."""
     start = appointment.starts_at.astimezone(business.timezone)
     minutes = start.hour * 60 + start.minute
+    phone = {"phone": appointment.phone} if full_phone else {"phone_ending": appointment.phone[-4:]}
     return {
         "reference": appointment.reference,
         "spoken_reference": spoken(appointment.reference),
@@ -278,7 +291,7 @@ def describe(appointment: Appointment, business: Business, now: datetime) -> dic
         "spoken_time": spoken_time(minutes),
         "duration_minutes": int((appointment.ends_at - appointment.starts_at).total_seconds() // 60),
         "customer_name": appointment.customer_name,
-        "phone": appointment.phone,
+        **phone,
     }
 
 
@@ -395,15 +408,13 @@ def _service(business: Business, said: str) -> Service:
     return found
 
 
-async def _existing(desk: Desk, reference: str) -> Appointment:
-    found = await desk.get(reference)
-    if found is None:
-        raise ToolError(
-            "not_found",
-            f"No booking has the reference {reference!r}. Ask the caller to spell it "
-            "again, or look it up by phone number.",
-        )
-    return found
+async def _owned(ctx: ToolContext, desk: Desk, reference: str, customer_name: str | None) -> Appointment:
+    """The booking `reference` names, once the caller has shown it is theirs (tools/ownership.py)."""
+    return check_owner(ctx, await desk.get(reference), customer_name)
+
+
+def _their_number(ctx: ToolContext, appointment: Appointment) -> bool:
+    return same_number(ctx.caller_number, appointment.phone)
 
 
 def _day(text: str, today: date, argument: str) -> date:

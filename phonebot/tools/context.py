@@ -46,3 +46,5 @@ class ToolContext:
     bookings: Any = None  # phonebot.store's booking desk (None when booking is not configured)
     control: CallControl | None = None
     now: Callable[[], datetime] = field(default=_utc_now)  # aware UTC; tests fix it
+    # References whose owner's name the caller got wrong on this call (see tools/ownership.py).
+    failed_proofs: list[str] = field(default_factory=list)

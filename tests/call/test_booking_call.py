@@ -18,7 +18,7 @@ from phonebot.tools.spec import DEFAULT_TIMEOUT_S
 from tests.call.test_tool_runtime import call_tool, declared, wait_for_response
 from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
-from tests.phone import CALLER, Intact, answer
+from tests.phone import CALLER, Intact, another_caller, answer
 
 _ids = itertools.count()
 
@@ -97,8 +97,9 @@ async def test_errors_the_bot_can_explain(service: Service, gemini: FakeLiveServ
     nothing = await ask(session, "check_availability", service="check-up", date_from=closed.isoformat())
     assert nothing["days"] == [] and "closed on" in nothing["message"] and nothing["next_available"]["times"]
     assert await error_of("check_availability", service="check-up", date_from=past.isoformat()) == "in_past"
-    assert await error_of("find_booking", reference="ZZZZZZ") == "not_found"
-    assert await error_of("cancel_booking", reference="ZZZZZZ") == "not_found"
+    assert await error_of("find_booking", reference="ZZZZZZ") == "needs_name"
+    assert await error_of("find_booking", reference="ZZZZZZ", customer_name="Ada") == "not_found"
+    assert await error_of("cancel_booking", reference="ZZZZZZ", customer_name="Ada") == "not_found"
 
     # Two chairs: the third booking at the same time is taken, and the error offers other times.
     free = await ask(session, "check_availability", service="check-up", date_from=day.isoformat())
@@ -151,3 +152,43 @@ async def ask_within(session: FakeLiveSession, name: str, args: dict[str, Any], 
     call_id = f"{name}-{next(_ids)}"
     await call_tool(session, call_id, name, args)
     return (await wait_for_response(session, call_id, timeout=timeout))["response"]
+
+
+async def test_a_booking_is_told_and_changed_only_to_its_owner(service: Service, gemini: FakeLiveServer) -> None:
+    """Ada books from her phone; someone calling from another number who knows her reference (or
+    her number) hears nothing of it and cancels nothing, unless they also give the name it was
+    booked under."""
+    ada, ada_session = await answer(service, gemini)
+    day = next_open_day(service)
+    times = (await ask(ada_session, "check_availability", service="cleaning", date_from=day.isoformat()))["days"][0]
+    booking = {"service": "cleaning", "date": day.isoformat(), "time": times["times"][0]}
+    booking["customer_name"] = "Ada Lovelace"
+    reference = (await ask(ada_session, "book_appointment", **booking))["reference"]
+    await ada.stop()
+
+    other, session = await answer(service, gemini, another_caller(2))
+    intact = Intact(other, session)
+    refused = [
+        await ask(session, "find_booking"),  # by their own number: nothing of Ada's
+        await ask(session, "find_booking", reference=reference),
+        await ask(session, "cancel_booking", reference=reference),
+        await ask(session, "reschedule_booking", reference=reference, date=day.isoformat(), time=times["times"][1]),
+        await ask(session, "find_booking", reference=reference, customer_name="Grace Hopper"),
+        await ask(session, "cancel_booking", reference=reference, customer_name="Grace Hopper"),
+    ]
+    assert [r["error"]["code"] for r in refused] == [
+        "not_found", "needs_name", "needs_name", "needs_name", "not_found", "not_found"
+    ]
+    told = str(refused)
+    assert "Lovelace" not in told and CALLER[-7:] not in told and booking["time"] not in told
+    desk: Desk = service.calls.bookings
+    stored = await desk.get(reference)
+    assert stored is not None and stored.status == "booked" and stored.starts_at.astimezone(
+        desk.business.timezone
+    ).strftime("%H:%M") == booking["time"]
+
+    found = await ask(session, "find_booking", reference=reference, customer_name="ada lovelace")
+    assert found["bookings"][0]["time"] == booking["time"] and "phone" not in found["bookings"][0]
+    assert (await ask(session, "cancel_booking", reference=reference, customer_name="Lovelace"))["cancelled"] is True
+    await intact.both_ways()
+    await other.stop()

@@ -156,7 +156,8 @@ async def test_find_by_reference_ignores_case_spaces_and_dashes(ctx: ToolContext
     said = f"{reference[:3].lower()} - {reference[3:]}"
     found = await find_booking(ctx, reference=said)
     assert found == {"bookings": [{key: value for key, value in made.items() if key != "booked"}]}
-    assert (await code_of(find_booking(ctx, reference="ZZZZZZ")))[0] == "not_found"
+    assert (await code_of(find_booking(ctx, reference="ZZZZZZ")))[0] == "needs_name"
+    assert (await code_of(find_booking(ctx, reference="ZZZZZZ", customer_name="Ada")))[0] == "not_found"
 
 
 async def test_find_by_phone_lists_the_callers_upcoming_bookings(
@@ -170,11 +171,11 @@ async def test_find_by_phone_lists_the_callers_upcoming_bookings(
         ("2026-12-01", "10:00"),
         ("2026-12-02", "10:00"),
     ]
-    theirs = await find_booking(ctx, phone="646-555-0199")
+    theirs = await find_booking(make_ctx(caller="+16465550199"))
     assert [b["customer_name"] for b in theirs["bookings"]] == ["Grace"]
     later = make_ctx(now=NOW + timedelta(days=2))
     assert (await code_of(find_booking(later)))[0] == "not_found"  # both are past by then
-    assert (await code_of(find_booking(make_ctx(caller=""))))[0] == "bad_input"  # withheld number
+    assert (await code_of(find_booking(make_ctx(caller=""))))[0] == "needs_reference"  # withheld number
 
 
 async def test_cancel_frees_the_place(ctx: ToolContext) -> None:
@@ -189,7 +190,8 @@ async def test_cancel_frees_the_place(ctx: ToolContext) -> None:
 
 
 async def test_cancel_errors(ctx: ToolContext, make_ctx: Callable[..., ToolContext]) -> None:
-    assert (await code_of(cancel_booking(ctx, "ZZZZZZ")))[0] == "not_found"
+    assert (await code_of(cancel_booking(ctx, "ZZZZZZ")))[0] == "needs_name"
+    assert (await code_of(cancel_booking(ctx, "ZZZZZZ", customer_name="Ada")))[0] == "not_found"
     made = await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada")
     after = make_ctx(now=NOW + timedelta(days=1))
     assert (await code_of(cancel_booking(after, made["reference"])))[0] == "in_past"
@@ -219,7 +221,7 @@ async def test_reschedule_to_a_full_time_leaves_the_booking_where_it_was(ctx: To
 async def test_reschedule_errors(ctx: ToolContext, make_ctx: Callable[..., ToolContext]) -> None:
     made = await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada")
     reference = made["reference"]
-    assert (await code_of(reschedule_booking(ctx, "ZZZZZZ", "2026-12-02", "10:00")))[0] == "not_found"
+    assert (await code_of(reschedule_booking(ctx, "ZZZZZZ", "2026-12-02", "10:00", "Ada")))[0] == "not_found"
     assert (await code_of(reschedule_booking(ctx, reference, "2026-12-06", "10:00")))[0] == "closed"
     assert (await code_of(reschedule_booking(ctx, reference, "2026-11-30", "09:00")))[0] == "in_past"
     assert (await code_of(reschedule_booking(ctx, reference, "2026-12-02", "10:05")))[0] == "bad_input"
@@ -260,3 +262,79 @@ async def test_errors_reach_the_model_as_results_through_the_runtime(ctx: ToolCo
         ctx, {"service": "exam", "date": "2026-12-01", "time": "10:00", "customer_name": "Ada"}
     )
     assert ok and result["booked"] is True
+
+
+# -- a booking is discussed and changed only with its owner -------------------------------------
+
+STRANGER = "+16465550111"
+
+
+async def test_another_number_hears_nothing_of_a_booking_without_its_name(
+    ctx: ToolContext, make_ctx: Callable[..., ToolContext]
+) -> None:
+    made = await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Zoë O'Brien")
+    reference = made["reference"]
+    stranger = make_ctx(caller=STRANGER)
+    assert (await code_of(find_booking(stranger)))[0] == "not_found"  # nothing made with their number
+    for attempt in (find_booking(stranger, reference=reference), cancel_booking(stranger, reference)):
+        code, message = await code_of(attempt)
+        assert code == "needs_name" and "name" in message and "Zo" not in message and "10:00" not in message
+    assert (await code_of(reschedule_booking(stranger, reference, "2026-12-02", "10:00")))[0] == "needs_name"
+    wrong = await code_of(find_booking(stranger, reference=reference, customer_name="Grace Hopper"))
+    unknown = await code_of(find_booking(stranger, reference="ZZZZZZ", customer_name="Grace Hopper"))
+    assert wrong == unknown and wrong[0] == "not_found"  # a wrong name says no more than a wrong reference
+    found = await ctx.bookings.get(reference)
+    assert found is not None and found.status == "booked"  # nothing changed
+
+
+async def test_reference_and_name_prove_it_from_any_number(
+    ctx: ToolContext, make_ctx: Callable[..., ToolContext]
+) -> None:
+    made = await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Zoë O'Brien-Smith")
+    reference = made["reference"]
+    stranger = make_ctx(caller=STRANGER)
+    for said in ("zoe obrien-smith", "ZOË O\u2019BRIEN SMITH", "Ms O'Brien-Smith", "Zoe", "  o'brien smith "):
+        found = await find_booking(stranger, reference=reference.lower(), customer_name=said)
+        booking = found["bookings"][0]
+        assert booking["reference"] == reference
+        assert "phone" not in booking and booking["phone_ending"] == "0100"  # not the caller's own: in part
+    moved = await reschedule_booking(stranger, reference, "2026-12-02", "10:00", customer_name="Zoe O'Brien-Smith")
+    assert moved["rescheduled"] is True
+    cancelled = await cancel_booking(stranger, reference, customer_name="o'brien-smith")
+    assert cancelled["cancelled"] is True
+
+
+async def test_the_calling_number_proves_it_whichever_way_it_was_written(
+    ctx: ToolContext, make_ctx: Callable[..., ToolContext]
+) -> None:
+    made = await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada", phone="(212) 555-0123")
+    assert made["phone"] == "2125550123"  # as given, without a country code
+    owner = make_ctx(caller="+12125550123")
+    assert [b["reference"] for b in (await find_booking(owner))["bookings"]] == [made["reference"]]
+    found = await find_booking(owner, reference=made["reference"])
+    assert found["bookings"][0]["phone"] == "2125550123"
+    assert (await cancel_booking(owner, made["reference"]))["cancelled"] is True
+
+
+async def test_a_few_wrong_names_and_the_call_is_told_nothing_more(
+    ctx: ToolContext, make_ctx: Callable[..., ToolContext]
+) -> None:
+    made = await book_appointment(ctx, "exam", "2026-12-01", "10:00", "Ada Lovelace")
+    stranger = make_ctx(caller=STRANGER)
+    for name in ("Grace", "Alan", "Edsger", "Barbara", "Donald"):
+        code, _ = await code_of(find_booking(stranger, reference=made["reference"], customer_name=name))
+        assert code == "not_found"
+    code, _ = await code_of(find_booking(stranger, reference=made["reference"], customer_name="Ada Lovelace"))
+    assert code == "too_many_attempts"
+    fresh_call = make_ctx(caller=STRANGER)
+    assert (await find_booking(fresh_call, reference=made["reference"], customer_name="Ada"))["bookings"]
+
+
+def test_the_descriptions_say_what_to_ask_for() -> None:
+    from phonebot.tools.spec import ToolSpec
+
+    for tool in (find_booking, cancel_booking, reschedule_booking):
+        spec = ToolSpec.of(tool)
+        assert "name it was booked under" in spec.description or "name the booking was made under" in spec.description
+        assert "customer_name" in spec.parameters["properties"]
+        assert "phone" not in spec.parameters["properties"]
