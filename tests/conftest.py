@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 
 from phonebot import logs
 from phonebot.app import UVICORN_OPTIONS, build_app
+from phonebot.call.ports import ModelConnector
 from phonebot.settings import Settings
 from phonebot.tools.spec import ToolSpec
 from tests.databases import database_url, engine, postgres, postgres_url, sqlite_url  # noqa: F401 - fixtures
@@ -134,9 +135,11 @@ def extra_tools() -> list[Any] | None:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, tools: list[ToolSpec] | None = None) -> AsyncIterator[Service]:
+async def running(
+    settings: Settings, tools: list[ToolSpec] | None = None, connector: ModelConnector | None = None
+) -> AsyncIterator[Service]:
     """The app for `settings` under uvicorn on a free port of 127.0.0.1 (one replica)."""
-    app = build_app(settings, tools=tools)
+    app = build_app(settings, connector, tools=tools)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)
