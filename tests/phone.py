@@ -85,7 +85,7 @@ class Intact:
         caller = bytes(self._rng.randrange(256) for _ in range(frames * 160))
         bot = audio.tone(440, 24000, frames * 0.02)
         self._bot_sent += bot
-        await asyncio.gather(self.call.send_audio(caller, realtime=realtime), self._say(bot))
+        await asyncio.gather(self.call.send_audio(caller, realtime=realtime), self._say(bot, realtime))
         self._caller_sent += caller
         at_model = codec.Upsampler8to16().process(codec.mulaw_to_pcm(bytes(self._caller_sent)))
         at_phone = codec.pcm_to_mulaw(codec.Downsampler24to8().process(bytes(self._bot_sent)))
@@ -96,8 +96,11 @@ class Intact:
         assert bytes(self.call.received_audio) == at_phone, "bot audio lost or changed on its way to the phone"
         assert not self.call.errors
 
-    async def _say(self, pcm24k: bytes) -> None:
-        await self.session.send_audio(pcm24k)
+    async def _say(self, pcm24k: bytes, realtime: bool) -> None:
+        if realtime:  # as a model streams a turn: 20 ms chunks as they are made
+            await self.session.send_audio(pcm24k, chunk_bytes=960, realtime=True)
+        else:
+            await self.session.send_audio(pcm24k)
         await self.session.send_turn_complete()
 
 

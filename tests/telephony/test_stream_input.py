@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import random
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.phone import FORM, Intact, another_caller, answer
+from tests.served import serve
 
 
 def _media(call: FakeTwilioCall, payload: str) -> dict[str, Any]:
@@ -158,3 +163,61 @@ async def test_fuzz_many_malformed_messages_never_end_the_call(service: Service,
         await intact.both_ways(frames=5)
     assert FORM["CallSid"] in service.calls.active and not call.closed.is_set()
     await call.stop()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def _max_gap(times: list[float], start: float, end: float) -> float:
+    window = [t for t in times if start <= t <= end]
+    return max((b - a for a, b in itertools.pairwise(window)), default=float("inf"))
+
+
+def _reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
+
+
+async def test_a_1_mib_frame_on_one_call_costs_the_service_and_its_neighbour_nothing(
+    tmp_path: Path, gemini: FakeLiveServer
+) -> None:
+    """A real `phonebot serve`: call A streams both ways in real time while call B sends one
+    1 MiB media message. B is refused (its call ends, with a log line); A's audio keeps arriving
+    every 20 ms both ways, none of it lost; the service's peak RSS grows by less than 50 MB."""
+    async with serve(tmp_path) as served:
+        a, a_session = await answer(served, gemini)
+        b, b_session = await answer(served, gemini, another_caller(2))
+        await _until(lambda: sum(e.get("event") == "call.started" for e in served.events()) == 2)
+        intact = Intact(a, a_session)
+        await intact.both_ways()  # A is up and every code path it uses has run once
+        pid = served.process.pid
+        _reset_peak_rss(pid)
+        baseline = _peak_rss_mb(pid)
+        started = time.monotonic()
+        streaming = asyncio.create_task(intact.both_ways(frames=100, realtime=True, timeout=10))  # 2 s each way
+        await asyncio.sleep(0.5)
+        await b.send_raw(json.dumps(_media(b, base64.b64encode(b"\x7f" * (1024 * 1024 * 3 // 4)).decode())))
+        await streaming  # and every byte of A's arrived, exactly
+        ended = time.monotonic()
+        grown = _peak_rss_mb(pid) - baseline
+        await asyncio.wait_for(b.closed.wait(), 5)
+        await asyncio.wait_for(b_session.closed.wait(), 5)
+        assert b.close_code == 1009 and len(b_session.audio) == 0
+        assert "stream.message_too_big" in [e.get("event") for e in served.events()]
+        at_model = _max_gap(a_session.audio_times, started + 0.1, ended - 0.1)
+        at_phone = _max_gap([t for t, _ in a.media_times], started + 0.1, ended - 0.1)
+        stalls = f"A's audio stalled: {at_model * 1000:.0f} ms to the model, {at_phone * 1000:.0f} ms to the phone"
+        print(f"1 MiB frame on B: A's largest gap {at_model * 1000:.0f} ms to the model, {at_phone * 1000:.0f} ms"
+              f" to the phone; peak RSS +{grown:.1f} MB")
+        assert at_model < 0.1 and at_phone < 0.1, stalls
+        assert grown < 50, f"peak RSS grew by {grown:.1f} MB"
+        await a.stop()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
