@@ -33,7 +33,7 @@ def serve(args: argparse.Namespace) -> int:
     from phonebot.server import DrainingServer
 
     settings = _settings()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
     for problem in settings.problems():
         logs.get_logger("phonebot").warning("settings.problem", problem=problem)
     app = build_app(settings)

@@ -12,7 +12,7 @@ import binascii
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dotenv import load_dotenv
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -33,6 +33,9 @@ _ASYNC_DRIVERS = {
 }
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@\s]*)@")  # user:password@ in a database URL
+
+
 class MissingSetting(RuntimeError):
     """A request needs a setting that is not set."""
 
@@ -46,7 +49,9 @@ class Settings(BaseSettings):
 
     # Gemini. The SDK reads its own key, Vertex AI and endpoint variables itself; they are here
     # only so that no key is demanded on Vertex AI and `doctor` can tell what is missing.
-    google_api_key: str | None = Field(None, validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY"))
+    google_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY"), repr=False
+    )
     genai_use_vertexai: str | None = Field(None, validation_alias="GOOGLE_GENAI_USE_VERTEXAI")
     genai_use_enterprise: str | None = Field(None, validation_alias="GOOGLE_GENAI_USE_ENTERPRISE")
     gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL")
@@ -183,6 +188,20 @@ class Settings(BaseSettings):
         flag = self.genai_use_enterprise if self.genai_use_enterprise is not None else self.genai_use_vertexai
         return (flag or "").strip().lower() in ("true", "1")
 
+    # -- what may be shown --------------------------------------------------------------------
+
+    def __repr_args__(self) -> Any:
+        # Secrets are repr=False; the database URL is shown without its password.
+        yield from super().__repr_args__()
+        yield "database_url", _URL_PASSWORD.sub(r"\1***@", self.database_url)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for the logs to redact wherever one turns up."""
+        password = _URL_PASSWORD.search(self.database_url)
+        found = [self.google_api_key, self.twilio_auth_token, self.api_key, self.transcript_webhook_secret]
+        found.append(password.group(2) if password else None)
+        return [value for value in found if value]
+
     # -- what a request needs -------------------------------------------------------------
 
     @property
@@ -256,7 +275,7 @@ def describe_invalid(error: ValidationError) -> list[str]:
     for item in error.errors():
         variable = str(item["loc"][0]) if item["loc"] else "?"
         # Secrets' values are never echoed; a database URL may carry a password.
-        secret = any(part in variable for part in ("TOKEN", "KEY", "SECRET")) or variable == "DATABASE_URL"
+        secret = any(part in variable for part in ("TOKEN", "KEY", "SECRET", "PASSWORD")) or variable == "DATABASE_URL"
         shown = "" if secret else f" (got {item.get('input')!r})"
         lines.append(f"{variable}: {item['msg'].removeprefix('Value error, ')}{shown}")
     return lines

@@ -55,7 +55,8 @@ def status_endpoint(settings: Settings, on_status: StatusHandler) -> Callable[[R
         if not form.get("CallSid") or status not in STATUSES:
             return error_response(400, "bad_request", "CallSid and a known CallStatus are required")
         update = CallStatus(form["CallSid"], status, answered_by(form.get("AnsweredBy")))
-        log.info("status.update", call_sid=update.call_sid, status=status, answered_by=update.answered_by)
+        structlog.contextvars.bind_contextvars(call_sid=update.call_sid)  # uvicorn's access line too
+        log.info("status.update", status=status, answered_by=update.answered_by)
         if not await on_status(update):
             return error_response(503, "not_recorded", "the call record cannot be updated now")
         return Response(status_code=204)

@@ -233,6 +233,8 @@ def media_endpoint(
             log.error("stream.store_failed", call_sid=start.call_sid, error=repr(error))
             await websocket.close(code=1011, reason="try again")
             return
+        # The rest of this connection is the call's: its timers and closing lines carry it too.
+        structlog.contextvars.bind_contextvars(call_sid=call.call_sid)
         stream = TwilioStream(websocket, start, _call_info(call), rest, skipped)
         try:
             await on_stream(stream)

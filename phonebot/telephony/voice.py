@@ -78,7 +78,9 @@ def voice_endpoint(
             return error_response(400, "bad_request", "CallSid is missing")
         direction: Direction = "outbound" if form.get("Direction", "").startswith("outbound") else "inbound"
         info = CallInfo(form["CallSid"], form.get("From", ""), form.get("To", ""), direction)
-        log.info("voice.incoming", call_sid=info.call_sid, caller=info.from_number, direction=direction)
+        # Bound for the rest of this request's task: uvicorn's access line for it carries the call too.
+        structlog.contextvars.bind_contextvars(call_sid=info.call_sid)
+        log.info("voice.incoming", caller=info.from_number, direction=direction)
         if (refusal := calls.admit(info)) is not None:
             return Response(say_and_hang_up(TURNED_AWAY[refusal]), media_type="application/xml")
         try:
