@@ -75,15 +75,15 @@ class TurnTaking:
     # -- what is due -------------------------------------------------------------------------
 
     def due(self, now: float, output: int, bot_has_floor: bool) -> Action | None:
-        busy = self.busy(now)
+        """`bot_has_floor`: bot audio is playing, a tool is at work or the call is being ended."""
         self._answered(output)
-        if self._awaiting is not None and not busy and not self._nudged and now - self._caller_at >= self.stall_s:
+        if bot_has_floor or self.busy(now):
+            self._free_since = None
+            return None
+        if self._awaiting is not None and not self._nudged and now - self._caller_at >= self.stall_s:
             self._nudged = True
             self.nudges += 1
             return "nudge"
-        if bot_has_floor or busy:
-            self._free_since = None
-            return None
         if self._free_since is None:
             self._free_since = now
         if now - max(self._free_since, self._caller_at) < self.silence_s:

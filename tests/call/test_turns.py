@@ -88,3 +88,11 @@ def test_no_silence_while_the_bot_holds_the_line() -> None:
     assert ticks(turns, 0.5, 100.0, output=1, floor=True) == []  # playing, a tool at work, or hanging up
     turns.model_turn(100.0, idle=False)
     assert ticks(turns, 100.5, 100.0 + BUSY_CAP_S - 0.5, output=1) == []
+
+
+def test_a_model_waiting_on_a_tool_is_not_stalled() -> None:
+    turns = TurnTaking(0.0, SILENCE_S, STALL_S)
+    turns.caller_spoke(1.0, output=1, bot_has_floor=False)
+    # A tool the model called earlier is still at work (it waits for the result, as on 3.1):
+    assert ticks(turns, 1.5, 10.0, output=1, floor=True) == []
+    assert ticks(turns, 10.5, 11.0, output=1) == [(10.5, "nudge")]  # its result came, then nothing
