@@ -75,7 +75,9 @@ class WebhookReceiver:
 
     async def up(self) -> None:
         app = Starlette(routes=[Route("/hooks/phonebot", self._endpoint, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+        # A request left hanging (its sender was killed) holds the shutdown up a second at most.
+        config = uvicorn.Config(app, log_config=None, lifespan="off", timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
         while not self._server.started:
             await asyncio.sleep(0.01)
