@@ -49,7 +49,8 @@ WORKDIR /var/lib/phonebot
 USER 10001:10001
 EXPOSE 8000
 # SIGTERM drains: the replica stops taking calls and lets the ones in progress finish, for up to
-# PHONEBOT_DRAIN_S (300 s by default). Give `docker stop` longer than that: `-t 330`.
+# PHONEBOT_DRAIN_S (300 s by default), then says goodbye (20 s at most). Give `docker stop` longer
+# than both: `-t 345`.
 STOPSIGNAL SIGTERM
 # Liveness only: /healthz answers while the process serves. HEALTHCHECK_URL follows `--port`.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

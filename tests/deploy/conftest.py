@@ -127,7 +127,7 @@ async def container(
         "PHONEBOT_PUBLIC_URL": PUBLIC_URL,
         "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "PHONEBOT_DRAIN_S": "10",
+        "PHONEBOT_DRAIN_S": "30",
         "HEALTHCHECK_URL": f"http://127.0.0.1:{port}/healthz",
         "LOG_LEVEL": "debug",
     }

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from phonebot import codec
@@ -64,6 +65,11 @@ async def test_container_serves_as_non_root_with_its_state_in_the_state_director
     uids, command = _process(await container.inspect("{{.State.Pid}}"))
     assert set(uids) == {str(APP_UID)}, f"the serving process runs as {uids}"
     assert "--port" in command  # it is phonebot itself, as the container's first process
+    # Ready: settings complete, the SQLite database in the state directory at the right schema,
+    # the booking desk open.
+    async with httpx.AsyncClient() as client:
+        ready = await client.get(f"http://127.0.0.1:{container.port}/readyz", timeout=5)
+    assert ready.status_code == 200, ready.text
     # The image's own HEALTHCHECK command passes against the running service.
     health = await container.podman.arun("healthcheck", "run", container.id, check=False)
     assert health.returncode == 0, health.stdout + health.stderr
@@ -104,4 +110,31 @@ async def test_container_stops_cleanly_on_sigterm(container: Container) -> None:
     await container.podman.arun("stop", "--time", "60", container.id, timeout=90)
     elapsed = time.monotonic() - started
     assert await container.inspect("{{.State.ExitCode}}") == "0", await container.logs()
-    assert elapsed < 30, f"an idle replica took {elapsed:.1f}s to stop"
+    assert elapsed < 15, f"an idle replica took {elapsed:.1f}s to stop"
+
+
+async def test_container_drains_a_call_in_progress_on_sigterm(container: Container, gemini: FakeLiveServer) -> None:
+    """As an orchestrator stops it: the call in progress goes on, no new call is routed here,
+    and the container exits 0 once the caller has hung up (well before PHONEBOT_DRAIN_S=30)."""
+    call, session = await answer(container.service, gemini)
+    await greet(session, audio.tone(440, 24000, 0.2))
+    await call.wait_for_audio(expected_mulaw_bytes(audio.tone(440, 24000, 0.2)), timeout=10)
+    stopping = asyncio.create_task(container.podman.arun("stop", "--time", "60", container.id, timeout=90))
+    async with httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{container.port}/readyz"
+        deadline = time.monotonic() + 10
+        while (ready := await client.get(url, timeout=5)).status_code == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert ready.status_code == 503 and "draining" in ready.text, ready.text
+    # The call goes on: the next bot turn reaches the caller whole.
+    before = len(call.received_audio)
+    second_turn = audio.tone(1000, 24000, 0.3)
+    await session.send_audio(second_turn)
+    await session.send_turn_complete()
+    await call.wait_for_audio(before + expected_mulaw_bytes(second_turn), timeout=10)
+    assert not stopping.done()
+    hung_up = time.monotonic()
+    await call.stop()
+    await asyncio.wait_for(stopping, 60)
+    assert await container.inspect("{{.State.ExitCode}}") == "0", await container.logs()
+    assert time.monotonic() - hung_up < 15, "the drained replica exits once its last call has ended"
