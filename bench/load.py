@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="before each step, wait up to this long for other processes to go quiet (default 30 s)")
     parser.add_argument("--retries", type=int, default=1,
                         help="run a failed step again (at most this often) if other programs disturbed it")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="run every step even past one that fails (to compare bots at the same steps)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--out", type=Path, help="JSON file to write (default: bench/results/load-<time>.json)")
     args = parser.parse_args(argv)
@@ -173,8 +175,9 @@ async def bench(args: argparse.Namespace) -> int:
                 print(f"  note: {warning}")
             print_profile(step)
             if step["stop_reasons"]:
-                print("stopped: " + "; ".join(step["stop_reasons"]))
-                break
+                print(("failed: " if args.keep_going else "stopped: ") + "; ".join(step["stop_reasons"]))
+                if not args.keep_going:
+                    break
     finally:
         await model.stop()
         out = args.out or RESULTS / f"load-{datetime.now().astimezone():%Y%m%d-%H%M%S}.json"

@@ -135,6 +135,7 @@ def service_env(model_url: str, ca_file: str | Path, auth_token: str, account_si
         "GOOGLE_GEMINI_BASE_URL": model_url,
         "SSL_CERT_FILE": str(ca_file),
         "LOG_LEVEL": "warning",
+        "PHONEBOT_MAX_CALLS": "100000",  # the bench finds the capacity; the cap would refuse past 50
     }
 
 
