@@ -37,7 +37,7 @@ from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS
 from phonebot.tools.spec import ToolFunction, ToolSpec
-from phonebot.webhook import Deliveries
+from phonebot.webhook import SETTLE_S, Deliveries
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +131,7 @@ def build_app(
         finally:
             await calls.aclose()
             await recorder.close()
-            await deliveries.close()
+            await deliveries.close(settle_s=SETTLE_S)
             await engine.dispose()
 
     app = Starlette(

@@ -36,6 +36,7 @@ FIRST_RETRY_S = 5.0
 MAX_RETRY_S = 600.0  # a receiver back from an outage hears from us within ten minutes
 IDLE_POLL_S = 2.0  # how often to look for events other processes queued, or that came due
 AT_ONCE = 4  # attempts in flight together
+SETTLE_S = 5.0  # at shutdown, this long to deliver what is due (the calls that just ended); the rest waits
 
 
 class Outcome(StrEnum):
@@ -70,6 +71,7 @@ class Deliveries:
         self._liveness = liveness
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._client = httpx.AsyncClient(timeout=DELIVERY_TIMEOUT_S, follow_redirects=False)
 
     def wake(self) -> None:
@@ -85,7 +87,14 @@ class Deliveries:
             return
         self._task = asyncio.create_task(self._run(), name="webhook deliveries")
 
-    async def close(self) -> None:
+    async def close(self, settle_s: float = 0.0) -> None:
+        """Stop. First, for up to `settle_s`, deliver what is due now: a replica that drained its calls
+        reports them before it goes (what is still undelivered then is kept, for any process to deliver)."""
+        if self._task is not None and settle_s > 0:
+            self._closing = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), settle_s)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,6 +107,8 @@ class Deliveries:
             try:
                 if await self.deliver_due():
                     continue  # there may be more
+                if self._closing:
+                    return
                 due = await self._outbox.next_due()
             except Exception as error:  # noqa: BLE001 - the database is away: look again later
                 log.error("webhook.outbox_unavailable", error=repr(error))

@@ -6,8 +6,10 @@ ends cleanly; a second signal ends calls at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tests.call.test_admission import DRAINING_TWIML
 from tests.call.test_reconnect import PCM16K_PER_FRAME, CallerStream
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.fakes.twilio_media import FakeTwilioCall
+from tests.fakes.webhook_receiver import SECRET, WebhookReceiver, verify
 from tests.phone import another_caller, answer, expected_mulaw_bytes
 from tests.served import Served, serve
 
@@ -54,11 +57,26 @@ def names(served: Served) -> list[str]:
     return [event.get("event", "") for event in served.events()]
 
 
+def reporting(receiver: WebhookReceiver) -> dict[str, str]:
+    """The environment that has finished-call reports sent to `receiver`."""
+    return {"TRANSCRIPT_WEBHOOK_URL": receiver.url, "TRANSCRIPT_WEBHOOK_SECRET": SECRET}
+
+
+def outbox_statuses(tmp_path: Path) -> list[str]:
+    """The webhook outbox of the served process's database, read after it has exited."""
+    with contextlib.closing(sqlite3.connect(tmp_path / "phonebot.db")) as database:
+        return [status for (status,) in database.execute("SELECT status FROM webhook_outbox")]
+
+
+def turns(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    return [(turn["role"], turn["text"], turn["interrupted"]) for turn in report["data"]["turns"]]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_a_live_call_goes_on_through_the_drain_then_the_process_exits_0(
-    tmp_path: Path, gemini: FakeLiveServer, signum: int
+    tmp_path: Path, gemini: FakeLiveServer, webhook_receiver: WebhookReceiver, signum: int
 ) -> None:
-    async with serve(tmp_path, PHONEBOT_DRAIN_S="60") as served:
+    async with serve(tmp_path, PHONEBOT_DRAIN_S="60", **reporting(webhook_receiver)) as served:
         call, session = await connected(served, gemini)
         stream = CallerStream(frames=150)
         talking = asyncio.create_task(stream.send(call, 150, realtime=True))  # 3 s of caller speech
@@ -74,6 +92,7 @@ async def test_a_live_call_goes_on_through_the_drain_then_the_process_exits_0(
         assert turned_away.text == DRAINING_TWIML
 
         # The call goes on: the bot answers while the caller is still talking...
+        await session.send_input_transcription("Can I come in on Tuesday?")
         reply = audio.tone(660, 24000, 1.0)
         await session.send_output_transcription("Of course, take your time.")
         await session.send_audio(reply, chunk_bytes=1920, realtime=True)
@@ -97,6 +116,17 @@ async def test_a_live_call_goes_on_through_the_drain_then_the_process_exits_0(
 
         await call.stop()  # the caller hangs up: the last call has ended
         assert await served.exit_code(timeout=20) == 0
+        exited = time.monotonic()
+    # Its record was written and reported before the process went, nothing of it lost.
+    [report] = webhook_receiver.accepted
+    assert report.at < exited
+    verify(SECRET, report.headers, report.body)
+    assert report.json()["data"]["end_reason"] == "caller_hung_up"
+    assert turns(report.json()) == [
+        ("bot", "Hello, thank you for calling.", False),
+        ("caller", "Can I come in on Tuesday?", False),
+        ("bot", "Of course, take your time.", False),
+    ]
     events = names(served)
     assert events.index("drain.started") < events.index("call.ended") < events.index("drain.finished")
     ended = next(event for event in served.events() if event.get("event") == "call.ended")
@@ -105,9 +135,9 @@ async def test_a_live_call_goes_on_through_the_drain_then_the_process_exits_0(
 
 
 async def test_a_call_still_going_at_the_drain_deadline_hears_goodbye_and_ends_cleanly(
-    tmp_path: Path, gemini: FakeLiveServer
+    tmp_path: Path, gemini: FakeLiveServer, webhook_receiver: WebhookReceiver
 ) -> None:
-    async with serve(tmp_path, PHONEBOT_DRAIN_S="1") as served:
+    async with serve(tmp_path, PHONEBOT_DRAIN_S="1", **reporting(webhook_receiver)) as served:
         call, session = await connected(served, gemini)
         stream = CallerStream(frames=500)
         talking = asyncio.create_task(stream.send(call, 500, realtime=True))  # the caller stays on the line
@@ -133,11 +163,20 @@ async def test_a_call_still_going_at_the_drain_deadline_hears_goodbye_and_ends_c
     ended = next(event for event in served.events() if event.get("event") == "call.ended")
     assert ended["reason"] == "shutdown"
     assert "drain.ending_calls" not in names(served)  # it ended by itself, after its goodbye
+    [report] = webhook_receiver.accepted
+    assert report.json()["data"]["end_reason"] == "shutdown"
+    assert turns(report.json()) == [
+        ("bot", "Hello, thank you for calling.", False),
+        ("bot", "I'm sorry, we have to end the call now. Goodbye!", False),
+    ]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-async def test_a_second_signal_ends_the_calls_at_once(tmp_path: Path, gemini: FakeLiveServer, signum: int) -> None:
-    async with serve(tmp_path, PHONEBOT_DRAIN_S="60") as served:
+async def test_a_second_signal_ends_the_calls_at_once(
+    tmp_path: Path, gemini: FakeLiveServer, webhook_receiver: WebhookReceiver, signum: int
+) -> None:
+    webhook_receiver.delays = [1.0]
+    async with serve(tmp_path, PHONEBOT_DRAIN_S="60", **reporting(webhook_receiver)) as served:
         call, session = await connected(served, gemini)
         served.signal(signum)
         await asyncio.sleep(0.5)
@@ -150,6 +189,11 @@ async def test_a_second_signal_ends_the_calls_at_once(tmp_path: Path, gemini: Fa
     assert not any(DRAIN_CUE in text for text in session.texts)
     ended = next(event for event in served.events() if event.get("event") == "call.ended")
     assert ended["reason"] == "shutdown"
+    [report] = webhook_receiver.accepted  # ended at once, its record written and reported all the same
+    assert report.json()["data"]["end_reason"] == "shutdown"
+    assert turns(report.json()) == [("bot", "Hello, thank you for calling.", False)]
+    # The receiver took its time answering: the process waited for it, and knows the report delivered.
+    assert outbox_statuses(tmp_path) == ["delivered"]
 
 
 async def test_sigterm_with_no_call_exits_0_at_once(tmp_path: Path, gemini: FakeLiveServer, wait_until: Any) -> None:

@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from phonebot import metrics
 from phonebot.call.record import CallRecord, EndReason, Entry
 from phonebot.store import records
 from phonebot.store.engine import writing
@@ -142,17 +143,18 @@ class Recorder:
     async def status(self, call_sid: str, status: str, answered_by: str | None) -> bool:
         """Record Twilio's word on a call. True when the call ended before its stream started:
         the record is finished then, and its early model session should be closed."""
-        queued = False
+        queued, reason = False, STATUS_END_REASONS.get(status)
         async with writing(self.engine) as connection:
             row = await records.update_status(connection, call_sid, status, answered_by)
             ended_early = status in ENDED and (row is None or row["stream_started_at"] is None)
-            if row is not None and ended_early:
-                reason = STATUS_END_REASONS[status]
+            if row is not None and ended_early and reason is not None:
                 queued = await records.finish(
                     connection, call_sid, reason, _now(), webhook=self._webhook, status=status
                 )
         if row is None:
             log.warning("records.status_for_unknown_call", call_sid=call_sid, status=status)
+        elif queued:  # ended here, once (the record's end is written once, on whichever replica)
+            metrics.CALLS.labels(row["direction"], reason).inc()
         if queued and self._webhook:
             self._on_queued()
         return ended_early
@@ -257,6 +259,7 @@ class Recorder:
             if reason is None:
                 continue
             if await self._finalise(row.call_sid, reason, row.stream_started_at or row.created_at):
+                metrics.CALLS.labels(row.direction, reason).inc()
                 finished += 1
         if finished and self._webhook:
             self._on_queued()

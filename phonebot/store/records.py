@@ -162,7 +162,7 @@ async def update_status(
 
 async def unfinished(connection: AsyncConnection) -> Sequence[Any]:
     """Rows of calls not ended yet: running somewhere, or left behind by a process that died."""
-    query = select(calls.c.call_sid, calls.c.instance, calls.c.created_at, calls.c.stream_started_at)
+    query = select(calls.c.call_sid, calls.c.direction, calls.c.instance, calls.c.created_at, calls.c.stream_started_at)
     return (await connection.execute(query.where(calls.c.ended_at.is_(None)))).all()
 
 

@@ -146,3 +146,26 @@ async def test_a_call_that_cannot_be_recorded_gives_its_place_back(gemini: FakeL
         assert "<Stream" not in response.text
         assert refused(Refusal.UNAVAILABLE) == before + 1
         assert service.calls.admission.count == 0
+
+
+def calls_ended(direction: str, reason: str) -> float:
+    labels = {"direction": direction, "end_reason": reason}
+    return REGISTRY.get_sample_value("phonebot_calls_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_calls": 1}])
+async def test_a_call_twilio_says_ended_before_its_stream_gives_its_place_back_at_once(
+    service: Service, gemini: FakeLiveServer
+) -> None:
+    before = calls_ended("inbound", "caller_hung_up")
+    await dial(service)
+    early = await gemini.next_session()
+    assert service.calls.admission.full
+    status = {**FORM, "CallStatus": "completed", "CallDuration": "0"}
+    assert (await service.post_status(status)).status_code == 204
+    assert service.calls.admission.count == 0  # at once, not after the 30 s a stream may take
+    await asyncio.wait_for(early.closed.wait(), 2)
+    assert calls_ended("inbound", "caller_hung_up") == before + 1
+    assert (await service.post_status(status)).status_code == 204  # Twilio may say it twice
+    assert calls_ended("inbound", "caller_hung_up") == before + 1  # one call, counted once
+    assert "<Stream url=" in (await service.post_voice(another_caller(2))).text
