@@ -7,6 +7,14 @@
 # image in production; the tests build on a base they make themselves (no registry there).
 ARG BASE=python:3.12-slim
 
+# ---- requirements: what pyproject.toml asks for, so that only a change to it reinstalls them ----
+FROM ${BASE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
+open('/build-requirements.txt', 'w').write('\n'.join(p['build-system']['requires']) + '\n'); \
+open('/requirements.txt', 'w').write('\n'.join(p['project']['dependencies']) + '\n')"
+
 # ---- build: a virtual environment with phonebot and its dependencies, compiled to bytecode -----
 FROM ${BASE} AS build
 # A CA bundle for pip where the package index is reached through a TLS-inspecting proxy
@@ -16,14 +24,14 @@ ARG PIP_CERT=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DEFAULT_TIMEOUT=120
-WORKDIR /src
-# Dependencies first, from the metadata alone, so a code change reuses this layer.
-COPY pyproject.toml README.md ./
+# Dependencies first, from the two lists alone: a change to the code, the README or the test
+# tools in pyproject.toml reuses this layer.
+COPY --from=requirements /build-requirements.txt /requirements.txt /tmp/
 RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
     && python3 -m venv /opt/phonebot \
-    && /opt/phonebot/bin/pip install --no-cache-dir "setuptools>=69" \
-    && /opt/phonebot/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && /opt/phonebot/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+    && /opt/phonebot/bin/pip install --no-cache-dir -r /tmp/build-requirements.txt -r /tmp/requirements.txt
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY phonebot ./phonebot
 # pip, setuptools and wheel leave the runtime: nothing installs or builds in the final image.
 RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \

@@ -289,7 +289,8 @@ def test_hadolint_rejects_a_bad_dockerfile(tmp_path: Path) -> None:
 def test_dockerfile_takes_its_base_as_an_argument() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE=python:3\.12-slim$", text, re.MULTILINE)
-    assert len(re.findall(r"^FROM \$\{BASE\}", text, re.MULTILINE)) == 2, "a build stage and a runtime stage"
+    stages = re.findall(r"^FROM \$\{BASE\}(?: AS (\w+))?$", text, re.MULTILINE)
+    assert stages == ["requirements", "build", ""], "the runtime stage last, on the same base as the build"
     assert "COPY --from=build" in text
 
 
