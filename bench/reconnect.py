@@ -32,7 +32,8 @@ from bench.callers import Caller
 from bench.fake_model import FakeModel, Script, Session, make_tls
 from bench.voice import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, Line
 from phonebot import codec, logs
-from phonebot.app import UVICORN_OPTIONS, build_app
+from phonebot.app import build_app
+from phonebot.serving import uvicorn_options
 from phonebot.settings import Settings
 
 FRAME, PCM_PER_FRAME = 160, 640
@@ -42,7 +43,7 @@ async def _serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]
     app = build_app(settings)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **uvicorn_options(settings)))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

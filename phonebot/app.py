@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -22,6 +22,7 @@ from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.drain import Drain
 from phonebot.gemini.live import GeminiLive
 from phonebot.health import Readiness, healthz
+from phonebot.serving import BodyLimit
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store import CallStore, Desk, StoreNotReady, migrate
 from phonebot.store.engine import make_engine
@@ -29,7 +30,6 @@ from phonebot.store.liveness import Liveness
 from phonebot.store.outbox import Outbox
 from phonebot.store.recorder import Recorder
 from phonebot.store.records import ENDED
-from phonebot.telephony import messages
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.status import CallStatus, status_endpoint
 from phonebot.telephony.stream import media_endpoint
@@ -40,17 +40,6 @@ from phonebot.tools.spec import ToolFunction, ToolSpec
 from phonebot.webhook import SETTLE_S, Deliveries
 
 log = structlog.get_logger(__name__)
-
-# uvicorn options the service needs. No WebSocket pings: Twilio streams a frame every 20 ms,
-# and the stream notices a silent line by itself; a slow pong must never end a call.
-# ws_max_size: a larger message is refused before it is read (close 1009), on every route.
-UVICORN_OPTIONS: dict[str, Any] = {
-    "ws_ping_interval": None,
-    "proxy_headers": True,
-    "log_config": None,
-    "ws_max_size": messages.MAX_MESSAGE_BYTES,
-}
-
 
 def tool_specs(settings: Settings) -> list[ToolSpec]:
     """The tools the model is given; transfer_call only when there is somewhere to transfer to."""
@@ -144,6 +133,7 @@ def build_app(
             Route("/readyz", readiness.readyz),
             Route("/metrics", metrics_endpoint),
         ],
+        middleware=[Middleware(BodyLimit)],  # every body bounded before any route reads it
         exception_handlers={MissingSetting: errors.missing_setting},
         lifespan=lifespan,
     )

@@ -29,8 +29,9 @@ GC_YOUNG_THRESHOLD = 20_000
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from phonebot.app import UVICORN_OPTIONS, build_app
+    from phonebot.app import build_app
     from phonebot.server import DrainingServer
+    from phonebot.serving import uvicorn_options
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
@@ -43,7 +44,8 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     # SIGTERM/SIGINT drain the calls first (server.py); the process exits 0 once they have ended.
-    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, **UVICORN_OPTIONS), app.state.drain).run()
+    config = uvicorn.Config(app, host=args.host, port=args.port, **uvicorn_options(settings))
+    DrainingServer(config, app.state.drain).run()
     return 0
 
 

@@ -17,8 +17,9 @@ import uvicorn
 from twilio.request_validator import RequestValidator
 
 from phonebot import logs
-from phonebot.app import UVICORN_OPTIONS, build_app
+from phonebot.app import build_app
 from phonebot.call.ports import ModelConnector
+from phonebot.serving import uvicorn_options
 from phonebot.settings import Settings
 from phonebot.tools.spec import ToolSpec
 from tests.databases import database_url, engine, postgres, postgres_url, sqlite_url  # noqa: F401 - fixtures
@@ -142,7 +143,7 @@ async def running(
     app = build_app(settings, connector, tools=tools)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)
+    config = uvicorn.Config(app, lifespan="on", **uvicorn_options(settings))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
