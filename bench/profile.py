@@ -29,10 +29,10 @@ _BUCKETS = (
     ("codec: mu-law 8k -> PCM 16k", ("Upsampler8to16.process", "mulaw_to_pcm")),
     ("codec: PCM 24k -> mu-law 8k", ("Downsampler24to8.process", "pcm_to_mulaw")),
     ("Twilio in: WebSocket receive, JSON, base64", (
-        "_next_message", "TwilioStream.events", "telephony/messages.py", "WebSocket.receive", "asgi_receive",
+        "_next_message", "MediaStream.events", "telephony/messages.py", "WebSocket.receive", "asgi_receive",
         "asyncio/queues.py", "asyncio/timeouts.py")),
     ("Twilio out: media/mark/clear sends", (
-        "TwilioStream.", "WebSocket.send", "asgi_send", "WebSocketsSansIOProtocol.send")),
+        "MediaStream.", "WebSocket.send", "asgi_send", "WebSocketsSansIOProtocol.send")),
     ("to the model: audio messages, websockets, TLS", (
         "LiveSession.send_audio", "send_realtime_input", "gemini/wire.py) audio", "Connection.send", "SSLObject.write",
         "randbytes")),

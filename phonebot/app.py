@@ -32,7 +32,7 @@ from phonebot.store.recorder import Recorder
 from phonebot.store.records import ENDED
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.status import CallStatus, status_endpoint
-from phonebot.telephony.stream import media_endpoint
+from phonebot.telephony.twilio_media import media_endpoint
 from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS

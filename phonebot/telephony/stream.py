@@ -1,10 +1,9 @@
-"""The caller's side of a call over a Twilio Media Streams WebSocket.
+"""The caller's side of a call over a Media Streams WebSocket: Twilio's JSON protocol, whoever speaks it.
 
-`TwilioStream` is the `CallerPort` the call talks to: mu-law and `streamSid` stay in here.
-`media_endpoint()` is the Starlette WebSocket route `/twilio/media/{token}`: it checks the
-handshake signature of that URL, reads up to Twilio's `start` message, claims the token for
-`start`'s call (once, for that call only) and hands the stream to the call side, with the call's
-numbers as its signed webhook gave them.
+`MediaStream` is the `CallerPort` the call talks to: mu-law, 20 ms frames, `streamSid` and marks
+stay in here. Twilio speaks this protocol, and so does any peer that sends the same messages (the
+browser softphone); what only Twilio has (its handshake signature, the REST API that moves a live
+call) is in `twilio_media.py`, and which call a stream carries is decided in `admission.py`.
 """
 
 from __future__ import annotations
@@ -12,21 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import cast
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phonebot import codec
-from phonebot.call.ports import CallerAudio, CallerDigit, CallerEvent, CallInfo, Direction, PlaybackMark
+from phonebot.call.ports import CallerAudio, CallerDigit, CallerEvent, CallInfo, PlaybackMark
 from phonebot.logs import Skipped
-from phonebot.settings import MissingSetting, Settings
-from phonebot.store.calls import CallStore, StoredCall, StreamRefused
 from phonebot.telephony import messages
-from phonebot.telephony.rest import TwilioRest
-from phonebot.telephony.signature import signature_ok
-from phonebot.telephony.voice import media_stream_url
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: what Twilio sends, and what we send back
 SAMPLE_RATE = 8000
@@ -38,10 +30,11 @@ SILENT_LINE_CHECK_S = 2.0
 
 log = structlog.get_logger(__name__)
 
-StreamHandler = Callable[["TwilioStream"], Awaitable[object]]
+# Takes a live call out of its stream: (call_sid, say, dial). Twilio's is a REST call.
+Redirect = Callable[[str, str | None, str | None], Awaitable[None]]
 
 
-class TwilioStream:
+class MediaStream:
     sample_rate = SAMPLE_RATE
 
     def __init__(
@@ -49,14 +42,14 @@ class TwilioStream:
         websocket: WebSocket,
         start: messages.Start,
         info: CallInfo,
-        rest: TwilioRest,
+        redirect: Redirect,
         skipped: Skipped | None = None,
     ) -> None:
         self.info = info
         self.skipped = skipped or Skipped(log)  # bad messages from the caller's side, counted
         self.stream_sid = start.stream_sid
         self._ws = websocket
-        self._rest = rest
+        self._redirect = redirect
         self._unframed = bytearray()  # mu-law short of a whole frame
         self._queued = 0  # mu-law bytes accepted from the call so far
         self._sent = 0  # ... of which sent to Twilio
@@ -65,28 +58,6 @@ class TwilioStream:
         self._last_message = self._loop.time()
         self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
         self._closing: asyncio.Task[None] | None = None  # held, or the loop may drop the task
-
-    @staticmethod
-    async def read_start(websocket: WebSocket, skipped: Skipped) -> messages.Start | None:
-        """Read up to `start`. None if the stream ends first, or says nothing for too long."""
-        while True:
-            try:
-                async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
-                    message = await _next_message(websocket, skipped)
-            except TimeoutError:
-                log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
-                return None
-            if message is None or isinstance(message, messages.Stop):
-                return None
-            if isinstance(message, messages.Start):
-                if message.encoding != "audio/x-mulaw" or message.sample_rate != SAMPLE_RATE:
-                    log.error("stream.unsupported_format", encoding=message.encoding, rate=message.sample_rate)
-                    return None
-                return message
-            if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
-                skipped.warning("stream.before_start", kind=type(message).__name__.lower())
-            elif isinstance(message, messages.Unknown):
-                skipped.warning("stream.unknown_event", event_name=message.event)
 
     async def events(self) -> AsyncIterator[CallerEvent]:
         while (message := await _next_message(self._ws, self.skipped)) is not None:
@@ -135,8 +106,8 @@ class TwilioStream:
 
     async def redirect(self, say: str | None = None, dial: str | None = None) -> None:
         try:
-            await self._rest.redirect(self.info.call_sid, say, dial)
-        except Exception as error:  # noqa: BLE001 - without REST access, ending the stream is all we can do
+            await self._redirect(self.info.call_sid, say, dial)
+        except Exception as error:  # noqa: BLE001 - if it cannot be moved, ending the stream is all we can do
             log.error("stream.redirect_failed", error=repr(error))
             await self.close()
 
@@ -151,7 +122,7 @@ class TwilioStream:
     async def close(self) -> None:
         self._watchdog.cancel()
         self.skipped.report("stream.skipped_messages")
-        await _close(self._ws)
+        await close_quietly(self._ws)
 
     async def _send_due_marks(self) -> None:
         # A mark goes out right behind the frame that carries the last byte before it.
@@ -165,7 +136,29 @@ class TwilioStream:
                 await self._ws.send_text(text)
 
 
-async def _close(websocket: WebSocket) -> None:
+async def read_start(websocket: WebSocket, skipped: Skipped) -> messages.Start | None:
+    """Read up to `start`. None if the stream ends first, or says nothing for too long."""
+    while True:
+        try:
+            async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
+                message = await _next_message(websocket, skipped)
+        except TimeoutError:
+            log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
+            return None
+        if message is None or isinstance(message, messages.Stop):
+            return None
+        if isinstance(message, messages.Start):
+            if message.encoding != "audio/x-mulaw" or message.sample_rate != SAMPLE_RATE:
+                log.error("stream.unsupported_format", encoding=message.encoding, rate=message.sample_rate)
+                return None
+            return message
+        if isinstance(message, (messages.Media, messages.Dtmf, messages.Mark)):
+            skipped.warning("stream.before_start", kind=type(message).__name__.lower())
+        elif isinstance(message, messages.Unknown):
+            skipped.warning("stream.unknown_event", event_name=message.event)
+
+
+async def close_quietly(websocket: WebSocket) -> None:
     if websocket.application_state != WebSocketState.DISCONNECTED:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the caller (or uvicorn) went first
             await websocket.close()
@@ -190,55 +183,3 @@ async def _next_message(websocket: WebSocket, skipped: Skipped) -> messages.Mess
             return messages.parse(text)
         except messages.ProtocolError as error:
             skipped.warning("stream.bad_message", error=str(error), size=len(text))
-
-
-def _call_info(call: StoredCall) -> CallInfo:
-    # What the signed webhook said (the `calls` row), never what the stream's `start` claims.
-    return CallInfo(
-        call_sid=call.call_sid,
-        from_number=call.from_number,
-        to_number=call.to_number,
-        direction=cast(Direction, call.direction),
-    )
-
-
-def media_endpoint(
-    settings: Settings, store: CallStore, on_stream: StreamHandler, rest: TwilioRest
-) -> Callable[[WebSocket], Awaitable[None]]:
-    async def endpoint(websocket: WebSocket) -> None:
-        stream_token = websocket.path_params["token"]
-        try:
-            auth_token, url = settings.require_auth_token(), media_stream_url(settings, stream_token)
-        except MissingSetting as error:
-            log.error("stream.refused", reason=str(error))
-            await websocket.close(code=1011, reason=error.variable + " is not set")
-            return
-        await websocket.accept()
-        if not signature_ok(auth_token, url, {}, websocket.headers.get("x-twilio-signature")):
-            log.warning("stream.bad_signature", client=websocket.client.host if websocket.client else None)
-            await websocket.close(code=1008, reason="invalid X-Twilio-Signature")
-            return
-        skipped = Skipped(log)
-        start = await TwilioStream.read_start(websocket, skipped)
-        if start is None:
-            await _close(websocket)
-            return
-        try:
-            call = await store.claim_stream(stream_token, start.call_sid)
-        except StreamRefused as refused:
-            log.warning("stream.refused", reason=refused.reason, call_sid=start.call_sid)
-            await websocket.close(code=1008, reason="this stream is not for this call")
-            return
-        except (SQLAlchemyError, OSError) as error:
-            log.error("stream.store_failed", call_sid=start.call_sid, error=repr(error))
-            await websocket.close(code=1011, reason="try again")
-            return
-        # The rest of this connection is the call's: its timers and closing lines carry it too.
-        structlog.contextvars.bind_contextvars(call_sid=call.call_sid)
-        stream = TwilioStream(websocket, start, _call_info(call), rest, skipped)
-        try:
-            await on_stream(stream)
-        finally:
-            await stream.close()
-
-    return endpoint
