@@ -27,6 +27,9 @@ SAMPLE_RATE = 8000
 # One timer per call looks every few seconds; a timeout per frame would cost more than the frame.
 SILENT_LINE_TIMEOUT_S = 15.0
 SILENT_LINE_CHECK_S = 2.0
+# Twilio sends `connected` and `start` as soon as the socket opens. Whatever a peer sends, it
+# has this long from the socket opening to `start`, or the socket is closed.
+START_DEADLINE_S = 10.0
 
 log = structlog.get_logger(__name__)
 
@@ -56,10 +59,15 @@ class MediaStream:
         self._marks: list[tuple[int, str]] = []  # marks waiting for their audio to be sent
         self._loop = asyncio.get_running_loop()
         self._last_message = self._loop.time()
-        self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
+        self._watchdog: asyncio.TimerHandle | None = None  # runs while the call reads the stream
         self._closing: asyncio.Task[None] | None = None  # held, or the loop may drop the task
 
     async def events(self) -> AsyncIterator[CallerEvent]:
+        # Silence is only evidence of a dead line while someone listens: until the call reads
+        # (its model may take its whole reconnect budget to answer, and then the caller must
+        # still hear the apology), unread frames wait in the socket and no timer runs.
+        self._last_message = self._loop.time()
+        self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
         while (message := await _next_message(self._ws, self.skipped)) is not None:
             self._last_message = self._loop.time()
             match message:
@@ -120,7 +128,8 @@ class MediaStream:
         self._closing = asyncio.ensure_future(self.close())  # the pending receive then ends
 
     async def close(self) -> None:
-        self._watchdog.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self.skipped.report("stream.skipped_messages")
         await close_quietly(self._ws)
 
@@ -137,14 +146,19 @@ class MediaStream:
 
 
 async def read_start(websocket: WebSocket, skipped: Skipped) -> messages.Start | None:
-    """Read up to `start`. None if the stream ends first, or says nothing for too long."""
+    """Read up to `start` (called as the socket opens). None if the stream ends first, or has not
+    sent `start` within START_DEADLINE_S, however much else it says meanwhile."""
+    try:
+        async with asyncio.timeout(START_DEADLINE_S):
+            return await _read_start(websocket, skipped)
+    except TimeoutError:
+        log.warning("stream.no_start", seconds=START_DEADLINE_S)
+        return None
+
+
+async def _read_start(websocket: WebSocket, skipped: Skipped) -> messages.Start | None:
     while True:
-        try:
-            async with asyncio.timeout(SILENT_LINE_TIMEOUT_S):
-                message = await _next_message(websocket, skipped)
-        except TimeoutError:
-            log.warning("stream.silent_line", seconds=SILENT_LINE_TIMEOUT_S)
-            return None
+        message = await _next_message(websocket, skipped)
         if message is None or isinstance(message, messages.Stop):
             return None
         if isinstance(message, messages.Start):

@@ -434,6 +434,7 @@ class FakeLiveServer:
         self._new_sessions: asyncio.Queue[FakeLiveSession] = asyncio.Queue()
         self.sessions: list[FakeLiveSession] = []
         self.refuse_connections = False
+        self.answer_setup = True  # False: a service that takes the setup and never says setupComplete
         # Handles this server gave out; a setup resuming from any other is refused (1008), like an
         # expired handle. Tests may remove handles to expire them.
         self.issued_handles: set[str] = set()  # True: new connections get 1011, like a service that is down
@@ -511,7 +512,7 @@ class FakeLiveServer:
         except gemini_families.Refused as refused:
             await ws.close(refused.code, _close_reason(refused.reason))
             return
-        if not completes:  # the service never answers such a setup
+        if not completes or not self.answer_setup:  # the service never answers such a setup
             self.hung_setups.append(setup)
             with contextlib.suppress(ConnectionClosed):
                 await ws.wait_closed()

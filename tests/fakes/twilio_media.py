@@ -85,6 +85,7 @@ class FakeTwilioCall:
         self.messages: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.closed = asyncio.Event()
+        self.closed_at: float | None = None  # time.monotonic() when the socket closed
         self.close_code: int | None = None
         self.close_reason: str | None = None
         # Our outbound stream state.
@@ -245,6 +246,7 @@ class FakeTwilioCall:
         finally:
             self.close_code = ws.close_code
             self.close_reason = ws.close_reason
+            self.closed_at = time.monotonic()
             self.closed.set()
             await self._stop_player()
             await self._changes.notify()

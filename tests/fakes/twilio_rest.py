@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,7 @@ class FakeTwilioRest:
         self.account_sid = account_sid
         self._auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request's arrival
         self.changed = asyncio.Event()
         self.base_url = ""
 
@@ -44,6 +46,7 @@ class FakeTwilioRest:
             return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
         form = {k: str(v) for k, v in (await request.form()).items()}
         self.requests.append((request.method, request.url.path, form))
+        self.request_times.append(time.monotonic())
         self.changed.set()
         return JSONResponse(self._call_json(request.path_params["call_sid"], form))
 
