@@ -63,6 +63,13 @@ class Served(Service):
                 found.append(json.loads(line))
         return found
 
+    def peak_rss_bytes(self) -> int:
+        """The most memory the process has held at any time (VmHWM): a brief peak counts."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
     @property
     def calls(self) -> Any:
         raise AttributeError("a served process's calls are not in this process")

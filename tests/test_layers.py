@@ -51,9 +51,9 @@ def test_bench_does_not_depend_on_the_tests() -> None:
 
 
 def test_media_stream_framing_is_not_twilios() -> None:
-    # The browser softphone speaks the same Media Streams protocol: stream.py and admission.py
+    # The browser softphone speaks the same Media Streams protocol: stream.py and claim.py
     # carry no Twilio signature, REST API or SDK, so the web endpoint reuses them as they are.
-    for name in ("stream.py", "admission.py"):
+    for name in ("stream.py", "claim.py"):
         twilio_only = ("twilio", "phonebot.telephony.rest", "phonebot.telephony.signature", "phonebot.telephony.voice")
         wrong = {module for module in imports_of(PACKAGE / "telephony" / name) if module.startswith(twilio_only)}
         assert not wrong, f"{name} imports {wrong}"

@@ -15,11 +15,11 @@ from websockets.asyncio.client import connect
 
 from phonebot import serving
 from phonebot.telephony import stream
-from tests.conftest import AUTH_TOKEN, PUBLIC_URL, Service, make_settings
+from tests.conftest import AUTH_TOKEN, PUBLIC_URL
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.phone import assert_lossless, dial
-from tests.serve import Served, serve
+from tests.served import Served, serve
 
 MB = 1024 * 1024
 FORM_BYTES = 45 * MB
@@ -90,8 +90,7 @@ async def test_slow_and_silent_clients_are_cut_and_the_call_goes_on(
     tmp_path: Path, gemini: FakeLiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serve(tmp_path, PHONEBOT_MAX_CALLS="10") as served:
-        phone = Service(make_settings(), None, served.port)
-        call = await dial(phone)
+        call = await dial(served)
         session = await gemini.next_session()
         await call.connect()
         await session.wait_for_text("Greet")

@@ -3,7 +3,7 @@
 `MediaStream` is the `CallerPort` the call talks to: mu-law, 20 ms frames, `streamSid` and marks
 stay in here. Twilio speaks this protocol, and so does any peer that sends the same messages (the
 browser softphone); what only Twilio has (its handshake signature, the REST API that moves a live
-call) is in `twilio_media.py`, and which call a stream carries is decided in `admission.py`.
+call) is in `twilio_media.py`, and which call a stream carries is decided in `claim.py`.
 """
 
 from __future__ import annotations

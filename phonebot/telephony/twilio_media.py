@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket
 
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store.calls import CallStore
-from phonebot.telephony.admission import StreamHandler, serve_stream
+from phonebot.telephony.claim import StreamHandler, serve_stream
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.signature import signature_ok
 from phonebot.telephony.voice import media_stream_url

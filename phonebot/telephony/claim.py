@@ -30,7 +30,7 @@ async def serve_stream(
     websocket: WebSocket, token: str, store: CallStore, on_stream: StreamHandler, redirect: Redirect
 ) -> None:
     """Admit an accepted stream and hand it to `on_stream` until the call ends; or refuse it."""
-    stream = await _admit(websocket, token, store, redirect)
+    stream = await _claim(websocket, token, store, redirect)
     if stream is None:
         return
     try:
@@ -39,7 +39,7 @@ async def serve_stream(
         await stream.close()
 
 
-async def _admit(websocket: WebSocket, token: str, store: CallStore, redirect: Redirect) -> MediaStream | None:
+async def _claim(websocket: WebSocket, token: str, store: CallStore, redirect: Redirect) -> MediaStream | None:
     skipped = Skipped(log)
     start = await read_start(websocket, skipped)
     if start is None:
