@@ -114,14 +114,20 @@ class Service:
 
 
 @pytest.fixture
-async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
-    """A business's webhook endpoint, up."""
+async def webhook_endpoint() -> AsyncIterator[WebhookReceiver]:
+    """A business's webhook endpoint, down until a test brings it `up()`."""
     receiver = WebhookReceiver()
-    await receiver.up()
     try:
         yield receiver
     finally:
         await receiver.close()
+
+
+@pytest.fixture
+async def webhook_receiver(webhook_endpoint: WebhookReceiver) -> WebhookReceiver:
+    """A business's webhook endpoint, up."""
+    await webhook_endpoint.up()
+    return webhook_endpoint
 
 
 @pytest.fixture

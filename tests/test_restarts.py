@@ -30,20 +30,10 @@ from tests.served import Served, serve
 CALL_SID = FORM["CallSid"]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """The business's endpoint: down until a test brings it up."""
-    receiver = WebhookReceiver()
-    try:
-        yield receiver
-    finally:
-        await receiver.close()
-
-
-def env(receiver: WebhookReceiver, database_url: str) -> dict[str, str]:
+def env(webhook_endpoint: WebhookReceiver, database_url: str) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
-        "TRANSCRIPT_WEBHOOK_URL": receiver.url,
+        "TRANSCRIPT_WEBHOOK_URL": webhook_endpoint.url,
         "TRANSCRIPT_WEBHOOK_SECRET": SECRET,
     }
 
@@ -122,21 +112,21 @@ async def postgresql(postgres_url: str) -> AsyncIterator[tuple[str, AsyncEngine]
 
 
 async def test_a_report_queued_before_a_sigkill_arrives_after_the_restart(
-    tmp_path: Path, gemini: FakeLiveServer, receiver: WebhookReceiver, sqlite: tuple[str, AsyncEngine]
+    tmp_path: Path, gemini: FakeLiveServer, webhook_endpoint: WebhookReceiver, sqlite: tuple[str, AsyncEngine]
 ) -> None:
     url, engine = sqlite
-    async with serve(folder(tmp_path, "first"), **env(receiver, url)) as first:
+    async with serve(folder(tmp_path, "first"), **env(webhook_endpoint, url)) as first:
         await short_call(first, gemini)
-        # The call is over and its report queued; the receiver is down, so it is still to deliver.
+        # The call is over and its report queued; the webhook_endpoint is down, so it is still to deliver.
         await until(lambda: _attempted(engine), 10, "a first attempt, refused")
         await kill(first)
     [event] = await outbox(engine)
     assert event.status == "pending" and event.last_error.startswith("ConnectError")
-    await receiver.up()
-    async with serve(folder(tmp_path, "second"), **env(receiver, url)):
-        [delivered] = await receiver.wait_for(1, timeout=20)
+    await webhook_endpoint.up()
+    async with serve(folder(tmp_path, "second"), **env(webhook_endpoint, url)):
+        [delivered] = await webhook_endpoint.wait_for(1, timeout=20)
         await until(lambda: _all_delivered(engine), 5, "the delivery written")
-    signed_alike(receiver.received, event.id)
+    signed_alike(webhook_endpoint.received, event.id)
     data = delivered.json()["data"]
     assert (data["call_sid"], data["end_reason"]) == (CALL_SID, "caller_hung_up")
     assert [t["text"] for t in data["turns"]] == ["Hello, thank you for calling.", "I'd like to book a check-up."]
@@ -148,32 +138,32 @@ async def _attempted(engine: AsyncEngine) -> bool:
 
 
 async def test_a_report_whose_delivery_was_cut_by_a_sigkill_is_sent_again_with_the_same_id(
-    tmp_path: Path, gemini: FakeLiveServer, receiver: WebhookReceiver, sqlite: tuple[str, AsyncEngine]
+    tmp_path: Path, gemini: FakeLiveServer, webhook_endpoint: WebhookReceiver, sqlite: tuple[str, AsyncEngine]
 ) -> None:
     url, engine = sqlite
-    receiver.delays = [30.0]  # the first attempt gets no answer before its sender dies
-    await receiver.up()
-    async with serve(folder(tmp_path, "first"), **env(receiver, url)) as first:
+    webhook_endpoint.delays = [30.0]  # the first attempt gets no answer before its sender dies
+    await webhook_endpoint.up()
+    async with serve(folder(tmp_path, "first"), **env(webhook_endpoint, url)) as first:
         await short_call(first, gemini)
         async with asyncio.timeout(10):
-            while not receiver.received:
+            while not webhook_endpoint.received:
                 await asyncio.sleep(0.02)
         await kill(first)
-    async with serve(folder(tmp_path, "second"), **env(receiver, url)):
-        await receiver.wait_for(1, timeout=10)  # at once: the dead process's lease is taken over
+    async with serve(folder(tmp_path, "second"), **env(webhook_endpoint, url)):
+        await webhook_endpoint.wait_for(1, timeout=10)  # at once: the dead process's lease is taken over
         await until(lambda: _all_delivered(engine), 5, "the delivery written")
     [event] = await outbox(engine)
     assert (event.status, event.attempts) == ("delivered", 2)
-    assert len(receiver.received) == 2
-    signed_alike(receiver.received, event.id)
+    assert len(webhook_endpoint.received) == 2
+    signed_alike(webhook_endpoint.received, event.id)
 
 
 async def test_a_call_killed_mid_way_is_finalised_at_the_next_start(
-    tmp_path: Path, gemini: FakeLiveServer, receiver: WebhookReceiver, sqlite: tuple[str, AsyncEngine]
+    tmp_path: Path, gemini: FakeLiveServer, webhook_endpoint: WebhookReceiver, sqlite: tuple[str, AsyncEngine]
 ) -> None:
     url, engine = sqlite
-    await receiver.up()
-    async with serve(folder(tmp_path, "first"), **env(receiver, url)) as first:
+    await webhook_endpoint.up()
+    async with serve(folder(tmp_path, "first"), **env(webhook_endpoint, url)) as first:
         call, session = await answer(first, gemini)
         await greet_and_answer(call, session)
         await session.send_output_transcription("Of course. Which day suits you?")  # the turn in progress
@@ -181,10 +171,10 @@ async def test_a_call_killed_mid_way_is_finalised_at_the_next_start(
         await until(lambda: _turns_written(engine), 10, "the finished turns written")
         await kill(first)
         await asyncio.wait_for(call.closed.wait(), 5)
-    assert not receiver.received
+    assert not webhook_endpoint.received
     started = time.monotonic()
-    async with serve(folder(tmp_path, "second"), **env(receiver, url)):
-        [delivered] = await receiver.wait_for(1, timeout=15)
+    async with serve(folder(tmp_path, "second"), **env(webhook_endpoint, url)):
+        [delivered] = await webhook_endpoint.wait_for(1, timeout=15)
     assert time.monotonic() - started < 10, "finalised at the start, not after a timeout"
     verify(SECRET, delivered.headers, delivered.body)
     data = delivered.json()["data"]
@@ -207,48 +197,48 @@ async def _turns_written(engine: AsyncEngine) -> bool:
 
 
 async def test_two_replicas_on_postgresql_deliver_each_report_once(
-    tmp_path: Path, gemini: FakeLiveServer, receiver: WebhookReceiver, postgresql: tuple[str, AsyncEngine]
+    tmp_path: Path, gemini: FakeLiveServer, webhook_endpoint: WebhookReceiver, postgresql: tuple[str, AsyncEngine]
 ) -> None:
     url, engine = postgresql
-    await receiver.up()
+    await webhook_endpoint.up()
     async with (
-        serve(folder(tmp_path, "a"), **env(receiver, url)) as a,
-        serve(folder(tmp_path, "b"), **env(receiver, url)) as b,
+        serve(folder(tmp_path, "a"), **env(webhook_endpoint, url)) as a,
+        serve(folder(tmp_path, "b"), **env(webhook_endpoint, url)) as b,
     ):
         for n in range(1, 7):
             await short_call(a if n % 2 else b, gemini, another_caller(n))
-        await receiver.wait_for(6, timeout=20)
+        await webhook_endpoint.wait_for(6, timeout=20)
         await until(lambda: _all_delivered(engine), 5, "the deliveries written")
         await asyncio.sleep(3)  # longer than a poll: a second delivery would have come by now
     events = await outbox(engine)
-    assert sorted(r.id for r in receiver.received) == sorted(e.id for e in events)  # each once
+    assert sorted(r.id for r in webhook_endpoint.received) == sorted(e.id for e in events)  # each once
     assert {(e.status, e.attempts) for e in events} == {("delivered", 1)}
-    for request in receiver.received:
+    for request in webhook_endpoint.received:
         verify(SECRET, request.headers, request.body)
 
 
 async def test_no_report_is_lost_when_the_replica_delivering_it_dies(
-    tmp_path: Path, gemini: FakeLiveServer, receiver: WebhookReceiver, postgresql: tuple[str, AsyncEngine]
+    tmp_path: Path, gemini: FakeLiveServer, webhook_endpoint: WebhookReceiver, postgresql: tuple[str, AsyncEngine]
 ) -> None:
     url, engine = postgresql
-    receiver.delays = [30.0]  # the first attempt hangs
-    await receiver.up()
+    webhook_endpoint.delays = [30.0]  # the first attempt hangs
+    await webhook_endpoint.up()
     async with (
-        serve(folder(tmp_path, "a"), **env(receiver, url)) as a,
-        serve(folder(tmp_path, "b"), **env(receiver, url)) as b,
+        serve(folder(tmp_path, "a"), **env(webhook_endpoint, url)) as a,
+        serve(folder(tmp_path, "b"), **env(webhook_endpoint, url)) as b,
     ):
         await short_call(a, gemini)
         async with asyncio.timeout(10):
-            while not receiver.received:
+            while not webhook_endpoint.received:
                 await asyncio.sleep(0.02)
         [event] = await outbox(engine)
         holder, other = (a, b) if f"/{a.process.pid}/" in event.leased_by else (b, a)
         await asyncio.sleep(3)  # longer than a poll: while its holder lives, nobody else takes it
-        assert len(receiver.received) == 1
+        assert len(webhook_endpoint.received) == 1
         await kill(holder)
-        await receiver.wait_for(1, timeout=10)
+        await webhook_endpoint.wait_for(1, timeout=10)
         await until(lambda: _all_delivered(engine), 5, "the delivery written")
         assert other.running
     [event] = await outbox(engine)
     assert (event.status, event.attempts) == ("delivered", 2)
-    signed_alike(receiver.received, event.id)
+    signed_alike(webhook_endpoint.received, event.id)

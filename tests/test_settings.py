@@ -120,3 +120,21 @@ def test_vertex_ai_is_read_as_the_sdk_reads_it_and_needs_no_key(
     assert settings.vertex_ai is vertex
     asks_for_key = any(problem.startswith("GOOGLE_API_KEY") for problem in settings.problems())
     assert asks_for_key is not vertex
+
+
+def test_the_webhook_secret_is_a_standard_webhooks_secret_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, base64
+    assert Settings(transcript_webhook_secret=good).transcript_webhook_secret == good
+    for bad in ("whsec_tooshort", "not base64 at all!", "whsec_" + "A" * 200):
+        monkeypatch.setenv("TRANSCRIPT_WEBHOOK_SECRET", bad)
+        problems = diagnose(env_file=None)
+        assert any(p.startswith("TRANSCRIPT_WEBHOOK_SECRET: must be whsec_ followed by the base64") for p in problems)
+        assert not any(bad in p for p in problems)
+
+
+def test_a_webhook_url_without_its_secret_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSCRIPT_WEBHOOK_URL", "https://crm.example.com/hooks/phonebot")
+    assert any(line.startswith("TRANSCRIPT_WEBHOOK_SECRET is not set") for line in diagnose(env_file=None))
+    monkeypatch.setenv("TRANSCRIPT_WEBHOOK_URL", "crm.example.com/hooks")
+    problems = diagnose(env_file=None)
+    assert any(line.startswith("TRANSCRIPT_WEBHOOK_URL: must be the http(s):// URL") for line in problems)

@@ -38,15 +38,6 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(webhook, "IDLE_POLL_S", 0.1)
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    try:
-        yield receiver
-    finally:
-        await receiver.close()
-
-
 @dataclass
 class Replica:
     """What one process has for delivering webhooks."""
@@ -61,12 +52,12 @@ class Replica:
 
 
 @pytest.fixture
-async def replicas(engine: AsyncEngine, receiver: WebhookReceiver) -> AsyncIterator[Callable[..., Any]]:
+async def replicas(engine: AsyncEngine, webhook_endpoint: WebhookReceiver) -> AsyncIterator[Callable[..., Any]]:
     made: list[Replica] = []
 
     async def make(give_up_s: float = 60.0, start: bool = True) -> Replica:
         settings = Settings(
-            transcript_webhook_url=receiver.url, transcript_webhook_secret=SECRET, webhook_give_up_s=give_up_s
+            transcript_webhook_url=webhook_endpoint.url, transcript_webhook_secret=SECRET, webhook_give_up_s=give_up_s
         )
         liveness = Liveness(engine)
         await liveness.hold()
@@ -109,29 +100,29 @@ async def wait_for_status(engine: AsyncEngine, call_sid: str, status: str, timeo
             await asyncio.sleep(0.02)
 
 
-def assert_all_signed_alike(receiver: WebhookReceiver, event_id: str) -> None:
-    assert receiver.received, "nothing arrived"
-    for request in receiver.received:
+def assert_all_signed_alike(webhook_endpoint: WebhookReceiver, event_id: str) -> None:
+    assert webhook_endpoint.received, "nothing arrived"
+    for request in webhook_endpoint.received:
         verify(SECRET, request.headers, request.body)
         assert request.id == event_id
-        assert request.body == receiver.received[0].body  # the same event, byte for byte
+        assert request.body == webhook_endpoint.received[0].body  # the same event, byte for byte
         assert request.headers["content-type"] == "application/json"
 
 
 async def test_a_receiver_that_is_down_gets_the_event_once_it_is_up(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
     event_id = await finished_call(engine)
     await replicas()
     async with asyncio.timeout(5):
         while await outbox_row(engine, "CA" + "5" * 32, "attempts") < 2:  # refused, and refused again
             await asyncio.sleep(0.02)
-    assert not receiver.received
+    assert not webhook_endpoint.received
     status, error = await outbox_row(engine, "CA" + "5" * 32, "status", "last_error")
     assert status == "pending" and error.startswith("ConnectError")
-    await receiver.up()
-    [delivered] = await receiver.wait_for(1)
-    assert_all_signed_alike(receiver, event_id)
+    await webhook_endpoint.up()
+    [delivered] = await webhook_endpoint.wait_for(1)
+    assert_all_signed_alike(webhook_endpoint, event_id)
     body = delivered.json()
     assert body["type"] == "call.completed" and body["data"]["call_sid"] == "CA" + "5" * 32
     assert body["data"]["end_reason"] == "bot_ended" and body["data"]["from"] == "+14155550123"
@@ -139,80 +130,80 @@ async def test_a_receiver_that_is_down_gets_the_event_once_it_is_up(
 
 
 async def test_a_receiver_answering_500_for_a_while_gets_the_same_event_again(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
-    receiver.answers = [500, 502, 503]
-    await receiver.up()
+    webhook_endpoint.answers = [500, 502, 503]
+    await webhook_endpoint.up()
     event_id = await finished_call(engine)
     await replicas()
-    await receiver.wait_for(1)
-    assert len(receiver.received) == 4
-    assert_all_signed_alike(receiver, event_id)
-    gaps = [b.at - a.at for a, b in zip(receiver.received, receiver.received[1:], strict=False)]
+    await webhook_endpoint.wait_for(1)
+    assert len(webhook_endpoint.received) == 4
+    assert_all_signed_alike(webhook_endpoint, event_id)
+    gaps = [b.at - a.at for a, b in zip(webhook_endpoint.received, webhook_endpoint.received[1:], strict=False)]
     assert all(gap >= 0.04 for gap in gaps), gaps  # backed off (0.1 s doubling, jittered +-50 %)
     await wait_for_status(engine, "CA" + "5" * 32, "delivered")
     assert await outbox_row(engine, "CA" + "5" * 32, "attempts", "last_error") == (4, None)
 
 
 async def test_a_receiver_slower_than_the_timeout_is_tried_again(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
-    receiver.delays = [1.5]  # three times the delivery timeout, then prompt
-    await receiver.up()
+    webhook_endpoint.delays = [1.5]  # three times the delivery timeout, then prompt
+    await webhook_endpoint.up()
     event_id = await finished_call(engine)
     await replicas()
     await wait_for_status(engine, "CA" + "5" * 32, "delivered")
-    first, second = receiver.received[:2]
+    first, second = webhook_endpoint.received[:2]
     assert second.at - first.at < 1.5, "the second attempt did not wait for the slow first one"
-    assert_all_signed_alike(receiver, event_id)
-    await receiver.wait_for(2, timeout=3)  # the slow answer was 200 too, late: at least once, same id
+    assert_all_signed_alike(webhook_endpoint, event_id)
+    await webhook_endpoint.wait_for(2, timeout=3)  # the slow answer was 200 too, late: at least once, same id
 
 
 async def test_an_event_is_given_up_after_the_give_up_time_and_kept_as_failed(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
-    receiver.answers = [500] * 1000
-    await receiver.up()
+    webhook_endpoint.answers = [500] * 1000
+    await webhook_endpoint.up()
     event_id = await finished_call(engine)
     await replicas(give_up_s=1.0)
     await wait_for_status(engine, "CA" + "5" * 32, "failed")
     attempts, error, created_at, last = await outbox_row(
         engine, "CA" + "5" * 32, "attempts", "last_error", "created_at", "last_attempt_at"
     )
-    assert error == "HTTP 500" and attempts == len(receiver.received) >= 3
+    assert error == "HTTP 500" and attempts == len(webhook_endpoint.received) >= 3
     assert 1.0 <= (last - created_at).total_seconds() < 1.5  # the last try falls at the give-up time
-    assert_all_signed_alike(receiver, event_id)
+    assert_all_signed_alike(webhook_endpoint, event_id)
     await asyncio.sleep(0.3)
-    assert len(receiver.received) == attempts  # and then no more
+    assert len(webhook_endpoint.received) == attempts  # and then no more
 
 
 async def test_an_event_leased_by_a_process_that_died_is_taken_over_at_once(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
-    await receiver.up()
+    await webhook_endpoint.up()
     event_id = await finished_call(engine)
     dead = await replicas(start=False)
     [claimed] = await dead.outbox.claim(datetime.now(UTC), 1, lease_s=3600)  # then it dies mid-delivery
     await dead.liveness.release()
     await replicas()
-    [delivered] = await receiver.wait_for(1, timeout=3)
+    [delivered] = await webhook_endpoint.wait_for(1, timeout=3)
     assert delivered.id == claimed.id == event_id
     await wait_for_status(engine, "CA" + "5" * 32, "delivered")
     assert await outbox_row(engine, "CA" + "5" * 32, "attempts") == 2
 
 
 async def test_replicas_deliver_each_event_once(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
-    await receiver.up()
+    await webhook_endpoint.up()
     first, second = await replicas(start=False), await replicas(start=False)
     ids = [await finished_call(engine, f"CA{n:032d}") for n in range(24)]
     first.deliveries.start()
     second.deliveries.start()
-    await receiver.wait_for(24)
+    await webhook_endpoint.wait_for(24)
     await asyncio.sleep(0.3)
-    assert sorted(r.id for r in receiver.received) == sorted(ids)  # each once, none twice
-    for request in receiver.received:
+    assert sorted(r.id for r in webhook_endpoint.received) == sorted(ids)  # each once, none twice
+    for request in webhook_endpoint.received:
         verify(SECRET, request.headers, request.body)
 
 
@@ -223,16 +214,16 @@ def test_retries_back_off_with_jitter_and_honour_retry_after() -> None:
 
 
 async def test_an_attempt_reports_one_outcome(
-    engine: AsyncEngine, receiver: WebhookReceiver, replicas: Callable[..., Any]
+    engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:
-    receiver.answers = [500]
-    await receiver.up()
+    webhook_endpoint.answers = [500]
+    await webhook_endpoint.up()
     await finished_call(engine)
     replica = await replicas(start=False)
     [event] = await replica.outbox.claim(datetime.now(UTC), 1, 30)
     assert await replica.deliveries.attempt(event) == Outcome.RETRY
     [event] = await replica.outbox.claim(datetime.now(UTC) + timedelta(seconds=1), 1, 30)
     assert await replica.deliveries.attempt(event) == Outcome.DELIVERED
-    body = json.loads(receiver.accepted[0].body)
+    body = json.loads(webhook_endpoint.accepted[0].body)
     assert set(body["data"]) >= {"turns", "tool_calls", "dtmf", "bookings", "metadata", "answered_by"}
 
