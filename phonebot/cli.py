@@ -1,4 +1,5 @@
-"""`phonebot serve | doctor | db upgrade`: thin commands over settings, the app and the store."""
+"""`phonebot serve | doctor | db upgrade`: thin commands over settings, the app and
+the store. Every failure a person can cause is one plain line and an exit status, never a traceback."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import argparse
 import gc
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from phonebot import logs
-from phonebot.settings import Settings, describe_invalid, diagnose
+from phonebot.settings import Settings, invalid_problems
+
+GC_YOUNG_THRESHOLD = 20_000
+DEFAULT_HOST = "0.0.0.0"
 
 
 def _settings() -> Settings:
@@ -18,12 +23,9 @@ def _settings() -> Settings:
         return Settings.load()
     except ValidationError as error:
         print("phonebot: invalid settings:", file=sys.stderr)
-        for line in describe_invalid(error):
-            print(f"  - {line}", file=sys.stderr)
+        for problem in invalid_problems(error):
+            print(f"  - {problem}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-GC_YOUNG_THRESHOLD = 20_000
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
     for problem in settings.problems():
-        logs.get_logger("phonebot").warning("settings.problem", problem=problem)
+        logs.get_logger("phonebot").warning("settings.problem", problem=problem.message)
     app = build_app(settings)
     # Audio frames make many short-lived objects and no cycles: collect the young generation
     # far less often, and keep the long-lived startup objects out of every collection, so the
@@ -49,26 +51,25 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def doctor(_args: argparse.Namespace) -> int:
-    problems = diagnose()
-    if not problems:
-        print("phonebot doctor: all settings look right")
-        return 0
-    print(f"phonebot doctor: {len(problems)} problem(s):")
-    for problem in problems:
-        print(f"  - {problem}")
-    return 1
+def doctor(args: argparse.Namespace) -> int:
+    from phonebot import doctor
+
+    if args.env_file is not None and not Path(args.env_file).is_file():
+        print(f"phonebot doctor: {args.env_file} is not a file", file=sys.stderr)
+        return 2
+    lines, status = doctor.run(args.env_file or ".env", online=args.online)
+    print("\n".join(lines))
+    return status
 
 
 def db_upgrade(_args: argparse.Namespace) -> int:
     import asyncio
 
-    from sqlalchemy.engine import make_url
-
-    from phonebot.store import migrate
+    from phonebot.store import health, migrate
     from phonebot.store.engine import make_engine
 
     settings = _settings()
+    where = health.where(settings.database_url)
 
     async def run() -> str | None:
         engine = make_engine(settings.database_url, timeout_s=None)  # migrations may take long
@@ -77,8 +78,14 @@ def db_upgrade(_args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    revision = asyncio.run(run())
-    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    try:
+        revision = asyncio.run(run())
+    except (OSError, TimeoutError) as error:
+        print(f"phonebot db upgrade: cannot reach {where}: {health.describe(error)}", file=sys.stderr)
+        return 1
+    except health.UNREACHABLE as error:
+        print(f"phonebot db upgrade: {where}: {health.describe(error)}", file=sys.stderr)
+        return 1
     print(f"phonebot db upgrade: {where} is at schema revision {revision}")
     return 0
 
@@ -87,15 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phonebot", description="Phone calls answered by Gemini Live.")
     parser.add_argument("--version", action="version", version=f"phonebot {version('phonebot')}")
     commands = parser.add_subparsers(dest="command", required=True)
+
     serve_cmd = commands.add_parser("serve", help="run the service")
-    serve_cmd.add_argument("--host", default="0.0.0.0")
+    serve_cmd.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.set_defaults(func=serve)
-    commands.add_parser("doctor", help="check the settings and say what is missing").set_defaults(func=doctor)
-    db_cmd = commands.add_parser("db", help="the booking database")
+
+    doctor_cmd = commands.add_parser("doctor", help="check the settings and say what is missing or wrong")
+    doctor_cmd.add_argument("--env-file", metavar="F", help="read settings from F (default: ./.env if there is one)")
+    doctor_cmd.add_argument(
+        "--online", action="store_true", help="also try the database, the Twilio credentials and a Gemini session"
+    )
+    doctor_cmd.set_defaults(func=doctor)
+
+    db_cmd = commands.add_parser("db", help="the database")
     db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
     db_upgrade_cmd = db_commands.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
     db_upgrade_cmd.set_defaults(func=db_upgrade)
+
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -2,17 +2,22 @@
 
 Settings a request cannot do without are optional here, so the service starts and answers
 health checks without them; `Settings.require()` names the missing variable when a request
-needs it, and `Settings.problems()` lists every problem at once for `phonebot doctor`.
+needs it, and `Settings.problems()` lists every problem at once, in plain words: what is
+missing, what is still the template's placeholder, and what has the wrong shape. `phonebot
+doctor`, the `serve` banner and readiness all read that one list, so they never disagree.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -34,6 +39,41 @@ _ASYNC_DRIVERS = {
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@\s]*)@")  # user:password@ in a database URL
+
+E164 = re.compile(r"\+[1-9]\d{6,14}")
+# Shapes of the credentials, as their issuers hand them out.
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+TWILIO_AUTH_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
+# Gemini API keys: standard keys (AIza + 35) and the newer authorization keys (AQ.…). Google has
+# changed the shape before, so a mismatch is only a doubt: `doctor --online` settles it.
+GEMINI_API_KEY = re.compile(r"AIza[0-9A-Za-z_-]{35}|AQ\.[0-9A-Za-z_.-]{16,}")
+API_KEY_MIN_LENGTH = 32  # secrets.token_urlsafe(32) gives 43
+# Reserved for documentation (RFC 2606) and fictional numbers (NANP 555-0100..0199): placeholders.
+EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")
+FICTIONAL_NUMBER = re.compile(r"\+1\d{3}55501\d{2}")
+MAKE_API_KEY = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a setting, in plain words that start with the variable's name.
+
+    `not_ready`: the replica should not be sent calls until it is fixed (readiness reports it):
+    calls cannot be taken, or their reports cannot be signed. The others break something else
+    (transfers, the API) or only look wrong, such as a key of an unfamiliar shape: doctor names
+    them all.
+    """
+
+    variable: str
+    detail: str
+    not_ready: bool = False
+
+    @property
+    def message(self) -> str:
+        return f"{self.variable} {self.detail}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class MissingSetting(RuntimeError):
@@ -105,7 +145,7 @@ class Settings(BaseSettings):
     @field_validator("transfer_number", "twilio_phone_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
-        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+        if value and not E164.fullmatch(value):
             raise ValueError("must be an E.164 number like +14155550123")
         return value
 
@@ -149,6 +189,7 @@ class Settings(BaseSettings):
         return f"{scheme}://{rest}"
 
     @field_validator(
+        "google_api_key",
         "gemini_language",
         "gemini_temperature",
         "twilio_account_sid",
@@ -224,40 +265,114 @@ class Settings(BaseSettings):
 
     # -- doctor ---------------------------------------------------------------------------
 
-    def problems(self) -> list[str]:
-        """Every problem that would stop a call, at once."""
-        found = self.call_problems()
+    def problems(self) -> list[Problem]:
+        """Every problem with the settings at once: what calls need first, then the rest."""
+        return [
+            *self._gemini_problems(),
+            *_url_problems("PHONEBOT_PUBLIC_URL", self.public_url, for_calls=True),
+            *self._twilio_problems(),
+            *self._file_problems(),
+            *_number_problems("PHONEBOT_TRANSFER_NUMBER", self.transfer_number),
+            *_number_problems("TWILIO_PHONE_NUMBER", self.twilio_phone_number),
+            *self._api_problems(),
+            *self._webhook_problems(),
+        ]
+
+    def call_problems(self) -> list[str]:
+        """What keeps this replica from being sent calls (readiness): the credentials, the public URL,
+        the prompt, and a webhook URL without its secret (reports would wait unsent). Not the
+        business file: without it calls go on, and the booking tools say they cannot book."""
+        return [problem.message for problem in self.problems() if problem.not_ready]
+
+    def _gemini_problems(self) -> list[Problem]:
+        key = self.google_api_key
+        if self.vertex_ai:
+            return []  # Application Default Credentials: only `doctor --online` can tell
+        if key is None:
+            why = "(or GEMINI_API_KEY) is not set; it is required for calls (or GOOGLE_GENAI_USE_VERTEXAI=true)"
+            return [Problem("GOOGLE_API_KEY", why, not_ready=True)]
+        if not GEMINI_API_KEY.fullmatch(key):
+            why = "does not look like a Gemini API key (AQ.… or AIza…); `phonebot doctor --online` tries it"
+            return [Problem("GOOGLE_API_KEY", why)]  # a doubt: `doctor --online` settles it
+        return []
+
+    def _twilio_problems(self) -> list[Problem]:
+        sid, token = self.twilio_account_sid, self.twilio_auth_token
+        sid_wrong = (
+            "is not set; it is required for calls" if sid is None
+            else f"{sid} is an API key's SID; phonebot needs the Account SID" if sid.startswith("SK")
+            else f"{sid!r} is not an Account SID: AC and 32 hex digits" if not TWILIO_ACCOUNT_SID.fullmatch(sid)
+            else None
+        )
+        token_wrong = (
+            "is not set; it is required for calls" if token is None
+            else "is not an auth token: 32 hex digits" if not TWILIO_AUTH_TOKEN.fullmatch(token)
+            else None
+        )
+        wrong = {"TWILIO_ACCOUNT_SID": sid_wrong, "TWILIO_AUTH_TOKEN": token_wrong}
+        return [Problem(variable, detail, not_ready=True) for variable, detail in wrong.items() if detail]
+
+    def _file_problems(self) -> list[Problem]:
+        found = []
+        try:
+            if not self.prompt().strip():
+                found.append(Problem("PHONEBOT_PROMPT_FILE", f"{self.prompt_file} is empty", not_ready=True))
+        except OSError as error:
+            unreadable = f"{self.prompt_file} cannot be read: {error.strerror}"
+            found.append(Problem("PHONEBOT_PROMPT_FILE", unreadable, not_ready=True))
         try:
             load_business(self.business_file)
         except BusinessFileError as error:
-            found.append(f"PHONEBOT_BUSINESS_FILE {error}")
+            found.append(Problem("PHONEBOT_BUSINESS_FILE", str(error)))  # the desk closes; calls go on
         return found
 
-    def call_problems(self) -> list[str]:
-        """What calls cannot do without: credentials, the public URL, the prompt (not the business file:
-        without it calls go on, and the booking tools say they cannot book)."""
-        found = []
-        if self.google_api_key is None and not self.vertex_ai:
-            found.append(
-                "GOOGLE_API_KEY (or GEMINI_API_KEY) is not set; it is required for calls "
-                "(or GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI)"
-            )
-        if self.public_url is None:
-            found.append("PHONEBOT_PUBLIC_URL is not set; it is required for calls")
-        if self.twilio_account_sid is None:
-            found.append("TWILIO_ACCOUNT_SID is not set; it is required for calls")
-        if self.twilio_auth_token is None:
-            found.append("TWILIO_AUTH_TOKEN is not set; it is required for calls")
-        if self.transcript_webhook_url is not None and self.transcript_webhook_secret is None:
-            found.append(
-                "TRANSCRIPT_WEBHOOK_SECRET is not set; it is required with TRANSCRIPT_WEBHOOK_URL (reports wait unsent)"
-            )
-        try:
-            if not self.prompt().strip():
-                found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} is empty")
-        except OSError as error:
-            found.append(f"PHONEBOT_PROMPT_FILE {self.prompt_file} cannot be read: {error.strerror}")
+    def _api_problems(self) -> list[Problem]:
+        if self.api_key is None or len(self.api_key) >= API_KEY_MIN_LENGTH:
+            return []
+        why = (
+            f"is {len(self.api_key)} characters: too easy to guess for what it guards; use at least "
+            f"{API_KEY_MIN_LENGTH} random ones ({MAKE_API_KEY})"
+        )
+        return [Problem("PHONEBOT_API_KEY", why)]
+
+    def _webhook_problems(self) -> list[Problem]:
+        # The validators above hold the URL and the secret to their forms; what is left: the
+        # template's example URL, and a URL without a secret (reports wait unsent; readiness says so).
+        if self.transcript_webhook_url is None:
+            return []
+        found = _url_problems("TRANSCRIPT_WEBHOOK_URL", self.transcript_webhook_url, for_calls=False)
+        if self.transcript_webhook_secret is None:
+            missing = "is not set; it is required with TRANSCRIPT_WEBHOOK_URL (reports wait unsent)"
+            found.append(Problem("TRANSCRIPT_WEBHOOK_SECRET", missing, not_ready=True))
         return found
+
+
+def _url_problems(variable: str, url: str | None, for_calls: bool) -> list[Problem]:
+    """Not the template's example URL; for the URL Twilio calls, also set and not a local address
+    (the webhook's receiver may well be on this network: phonebot is the one calling it)."""
+    if url is None:
+        return [Problem(variable, "is not set; it is required for calls", for_calls)] if for_calls else []
+    host = (urlsplit(url).hostname or "").lower()
+    for domain in EXAMPLE_DOMAINS:
+        if host == domain or host.endswith("." + domain):
+            return [Problem(variable, f"{url} is a placeholder ({domain} is reserved for examples)", for_calls)]
+    if for_calls and (host == "localhost" or host.endswith(".localhost") or _is_private_address(host)):
+        return [Problem(variable, f"{url} is a local address; Twilio cannot reach it", for_calls)]
+    return []
+
+
+def _is_private_address(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local or address.is_unspecified
+
+
+def _number_problems(variable: str, number: str | None) -> list[Problem]:
+    if number is not None and FICTIONAL_NUMBER.fullmatch(number):
+        return [Problem(variable, f"{number} is a placeholder (555-0100 to 555-0199 are fictional numbers)")]
+    return []
 
 
 def _variable_to_field() -> dict[str, str]:
@@ -269,28 +384,41 @@ def _variable_to_field() -> dict[str, str]:
     return names
 
 
-def describe_invalid(error: ValidationError) -> list[str]:
-    """Pydantic's errors as one line per environment variable. Secrets' values are not shown."""
-    lines = []
+def invalid_problems(error: ValidationError) -> list[Problem]:
+    """Pydantic's errors as one problem per environment variable. Secrets' values are not shown."""
+    found = []
     for item in error.errors():
         variable = str(item["loc"][0]) if item["loc"] else "?"
+        message = item["msg"]
+        detail = message.removeprefix("Value error, ") if message.startswith("Value error, ") else (
+            "is invalid: " + message[:1].lower() + message[1:]
+        )
         # Secrets' values are never echoed; a database URL may carry a password.
         secret = any(part in variable for part in ("TOKEN", "KEY", "SECRET", "PASSWORD")) or variable == "DATABASE_URL"
         shown = "" if secret else f" (got {item.get('input')!r})"
-        lines.append(f"{variable}: {item['msg'].removeprefix('Value error, ')}{shown}")
-    return lines
+        found.append(Problem(variable, detail + shown))
+    return found
 
 
-def diagnose(env_file: str | os.PathLike[str] | None = ".env") -> list[str]:
-    """Every problem with the settings at once: invalid values, then what is missing."""
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """What `phonebot doctor` found: the settings, unless some value is invalid, and every problem."""
+
+    settings: Settings | None
+    problems: list[Problem]
+
+
+def diagnose(env_file: str | os.PathLike[str] | None = ".env") -> Diagnosis:
+    """Every problem with the settings at once: invalid values, then the rest."""
     try:
-        return Settings.load(env_file).problems()
+        settings = Settings.load(env_file)
     except ValidationError as error:
+        invalid = invalid_problems(error)
         fields = _variable_to_field()
-        invalid = {fields.get(str(item["loc"][0]), "") for item in error.errors() if item["loc"]}
         # Look past the invalid values (their defaults stand in) to report the rest too.
-        defaults = {name: Settings.model_fields[name].default for name in invalid if name}
-        invalid_lines = describe_invalid(error)
-        named = tuple(line.split(":")[0] for line in invalid_lines)
-        missing = [line for line in Settings(**defaults).problems() if not line.startswith(named)]
-        return invalid_lines + missing
+        names = [fields[problem.variable] for problem in invalid if problem.variable in fields]
+        defaults = {name: Settings.model_fields[name].default for name in names}
+        named = {problem.variable for problem in invalid}
+        rest = [problem for problem in Settings(**defaults).problems() if problem.variable not in named]
+        return Diagnosis(None, invalid + rest)
+    return Diagnosis(settings, settings.problems())

@@ -27,7 +27,9 @@ from tests.fakes.gemini_live import FakeLiveServer, make_tls
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.fakes.webhook_receiver import WebhookReceiver
 
-AUTH_TOKEN = "test-auth-token"
+# Credentials of the shapes Twilio and Google issue, so that the service under test is ready.
+AUTH_TOKEN = "7e57a07e" * 4
+API_KEY = "AIzaTestKeyForTheFakeLiveServer00000000"  # AIza and 35 more
 PUBLIC_URL = "https://bot.example.test"
 
 
@@ -42,7 +44,7 @@ async def gemini(tls: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> Async
     async with FakeLiveServer(server_ctx) as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
         monkeypatch.setenv("SSL_CERT_FILE", ca_file)
-        monkeypatch.setenv("GOOGLE_API_KEY", "test-api-key")
+        monkeypatch.setenv("GOOGLE_API_KEY", API_KEY)
         monkeypatch.delenv("GEMINI_API_KEY", raising=False)
         yield server
 
@@ -53,7 +55,7 @@ def make_settings(**overrides: Any) -> Settings:
         "public_url": PUBLIC_URL,
         "twilio_account_sid": "AC" + "0" * 32,
         "twilio_auth_token": AUTH_TOKEN,
-        "google_api_key": "test-api-key",
+        "google_api_key": API_KEY,
         "log_format": "console",
     }
     values.update(overrides)

@@ -12,7 +12,7 @@ import pytest
 
 from phonebot import codec
 from tests import audio
-from tests.conftest import Service
+from tests.conftest import AUTH_TOKEN, Service
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.models import every_family
@@ -170,7 +170,7 @@ async def test_bad_webhook_signature_is_403(service: Service) -> None:
 async def test_webhook_signature_covers_the_form(service: Service) -> None:
     from twilio.request_validator import RequestValidator
 
-    signature = RequestValidator("test-auth-token").compute_signature(
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(
         "https://bot.example.test/twilio/voice", FORM
     )
     response = await service.post_voice({**FORM, "From": "+19995550000"}, signature=signature)
@@ -187,9 +187,9 @@ async def test_bad_stream_signature_closes_1008(
     await gemini.next_session()  # the webhook's early session; the stream must open none
     if signature == "signed-for-another-url":
         # What a proxy shows the server is not what Twilio signed: only PHONEBOT_PUBLIC_URL counts.
-        signature = FakeTwilioCall.sign("test-auth-token", call.ws_url)
+        signature = FakeTwilioCall.sign(AUTH_TOKEN, call.ws_url)
     elif signature == "signed-without-the-token":  # the one URL every call had before tokens
-        signature = FakeTwilioCall.sign("test-auth-token", service.settings.stream_url)
+        signature = FakeTwilioCall.sign(AUTH_TOKEN, service.settings.stream_url)
     call.signature = signature
     await call.open_only()
     await asyncio.wait_for(call.closed.wait(), 5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -11,15 +12,17 @@ from phonebot.settings import MissingSetting, Settings
 
 
 class TwilioRest:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, timeout_s: float | None = None) -> None:
         self._settings = settings
+        self._timeout_s = timeout_s  # per request; None: the twilio client's own (none)
         self._client: Client | None = None
 
     def client(self) -> Client:
         if self._client is None:
             if self._settings.twilio_account_sid is None:
                 raise MissingSetting("TWILIO_ACCOUNT_SID", "to use Twilio's REST API")
-            client = Client(self._settings.twilio_account_sid, self._settings.require_auth_token())
+            http = TwilioHttpClient(timeout=self._timeout_s)
+            client = Client(self._settings.twilio_account_sid, self._settings.require_auth_token(), http_client=http)
             if self._settings.twilio_api_base_url:
                 client.api.base_url = self._settings.twilio_api_base_url
             self._client = client

@@ -53,7 +53,7 @@ def test_vertex_ai_needs_no_key_and_the_sdk_goes_there(
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL")
     settings = Settings()
     assert settings.vertex_ai and settings.google_api_key is None
-    assert not [problem for problem in settings.problems() if "GOOGLE_API_KEY" in problem]
+    assert not [problem for problem in settings.problems() if problem.variable == "GOOGLE_API_KEY"]
     client = GeminiLive(settings).client()  # no MissingSetting: Application Default Credentials instead
     assert client.vertexai
     assert (client._api_client.project, client._api_client.location) == (PROJECT, LOCATION)

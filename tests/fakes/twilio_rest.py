@@ -1,17 +1,26 @@
 """A fake of Twilio's REST API for the real `twilio` client (pointed at it by TWILIO_API_BASE_URL).
 
-Only what phonebot uses: updating a live call (POST .../Calls/{CallSid}.json) and creating one.
-Requests are recorded as (method, path, form); authentication is checked like Twilio does.
+Only what phonebot uses, answered as Twilio answers (2010-04-01 API, JSON, snake_case fields):
+updating a live call (POST .../Calls/{CallSid}.json); fetching the account (GET
+/Accounts/{AccountSid}.json, what `doctor --online` asks); listing the account's numbers by
+PhoneNumber and updating one (GET .../IncomingPhoneNumbers.json, POST
+.../IncomingPhoneNumbers/{Sid}.json, what `setup-number` does). Every request needs the
+account's Basic credentials, else 401 with Twilio's error 20003. Requests are recorded as
+(method, path, form).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import uvicorn
@@ -20,15 +29,78 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+API = "/2010-04-01/Accounts/{account}"
+# What IncomingPhoneNumber.update accepts that phonebot may send, form name -> resource field.
+NUMBER_FIELDS = {
+    "VoiceUrl": "voice_url",
+    "VoiceMethod": "voice_method",
+    "StatusCallback": "status_callback",
+    "StatusCallbackMethod": "status_callback_method",
+    "VoiceApplicationSid": "voice_application_sid",
+}
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    more_info = f"https://www.twilio.com/docs/errors/{code}"
+    body = {"code": code, "message": message, "more_info": more_info, "status": status}
+    return JSONResponse(body, status_code=status)
+
+
+def _now() -> str:
+    return format_datetime(datetime.now(UTC), usegmt=True)  # Twilio's RFC 2822 dates
+
 
 class FakeTwilioRest:
-    def __init__(self, account_sid: str, auth_token: str) -> None:
+    def __init__(self, account_sid: str, auth_token: str, friendly_name: str = "My first Twilio account") -> None:
         self.account_sid = account_sid
+        self.friendly_name = friendly_name
+        self.status = "active"
         self._auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.request_times: list[float] = []  # time.monotonic() of each request's arrival
+        self.numbers: dict[str, dict[str, Any]] = {}  # by PN sid
         self.changed = asyncio.Event()
         self.base_url = ""
+
+    def add_number(self, phone_number: str, **fields: Any) -> dict[str, Any]:
+        """A number of this account, as a new one comes: Twilio's demo voice URL, no callback."""
+        sid = "PN" + secrets.token_hex(16)
+        record = {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "friendly_name": phone_number,
+            "phone_number": phone_number,
+            "api_version": "2010-04-01",
+            "voice_url": "https://demo.twilio.com/welcome/voice/",
+            "voice_method": "POST",
+            "voice_fallback_url": None,
+            "voice_fallback_method": "POST",
+            "voice_caller_id_lookup": False,
+            "voice_application_sid": None,
+            "voice_receive_mode": "voice",
+            "status_callback": "",
+            "status_callback_method": "POST",
+            "sms_url": "https://demo.twilio.com/welcome/sms/reply",
+            "sms_method": "POST",
+            "trunk_sid": None,
+            "capabilities": {"voice": True, "sms": True, "mms": True, "fax": False},
+            "status": "in-use",
+            "date_created": _now(),
+            "date_updated": _now(),
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/IncomingPhoneNumbers/{sid}.json",
+            **fields,
+        }
+        self.numbers[sid] = record
+        return record
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization") == self._auth and request.path_params["account"] == self.account_sid
+
+    async def _record(self, request: Request) -> dict[str, str]:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        self.requests.append((request.method, request.url.path, form))
+        self.request_times.append(time.monotonic())
+        return form
 
     def _call_json(self, call_sid: str, form: dict[str, str]) -> dict[str, Any]:
         return {
@@ -42,18 +114,63 @@ class FakeTwilioRest:
         }
 
     async def _update_call(self, request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != self._auth:
-            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        self.requests.append((request.method, request.url.path, form))
-        self.request_times.append(time.monotonic())
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        form = await self._record(request)
         self.changed.set()
         return JSONResponse(self._call_json(request.path_params["call_sid"], form))
+
+    async def _fetch_account(self, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        await self._record(request)
+        uri = f"/2010-04-01/Accounts/{self.account_sid}.json"
+        return JSONResponse({
+            "sid": self.account_sid, "owner_account_sid": self.account_sid, "friendly_name": self.friendly_name,
+            "status": self.status, "type": "Full", "date_created": _now(), "date_updated": _now(), "uri": uri,
+        })
+
+    async def _list_numbers(self, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        await self._record(request)
+        # PhoneNumber matches partial numbers, '*' standing for any one digit.
+        wanted = request.query_params.get("PhoneNumber", "")
+        pattern = re.compile(re.escape(wanted).replace(r"\*", r"\d"))
+        found = [n for n in self.numbers.values() if pattern.search(n["phone_number"])]
+        size = int(request.query_params.get("PageSize", 50))
+        uri = f"{request.url.path}?{request.url.query}"
+        return JSONResponse({
+            "incoming_phone_numbers": found[:size], "start": 0, "end": max(len(found[:size]) - 1, 0),
+            "page": 0, "page_size": size, "first_page_uri": uri, "previous_page_uri": None, "next_page_uri": None,
+            "uri": uri,
+        })
+
+    async def _update_number(self, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        form = await self._record(request)
+        record = self.numbers.get(request.path_params["sid"])
+        if record is None:
+            return _error(404, 20404, f"The requested resource {request.url.path} was not found")
+        for name, value in form.items():
+            if name.endswith("Method") and value.upper() not in ("GET", "POST"):
+                return _error(400, 21603, f"{name} must be GET or POST")
+            if name in NUMBER_FIELDS:
+                record[NUMBER_FIELDS[name]] = value if value or name != "VoiceApplicationSid" else None
+        record["date_updated"] = _now()
+        self.changed.set()
+        return JSONResponse(record)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[FakeTwilioRest]:
         app = Starlette(
-            routes=[Route("/2010-04-01/Accounts/{account}/Calls/{call_sid}.json", self._update_call, methods=["POST"])]
+            routes=[
+                Route(API + ".json", self._fetch_account, methods=["GET"]),
+                Route(API + "/Calls/{call_sid}.json", self._update_call, methods=["POST"]),
+                Route(API + "/IncomingPhoneNumbers.json", self._list_numbers, methods=["GET"]),
+                Route(API + "/IncomingPhoneNumbers/{sid}.json", self._update_number, methods=["POST"]),
+            ]
         )
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
