@@ -11,11 +11,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from phonebot import logs
+from phonebot import banner, logs
 from phonebot.settings import Settings, invalid_problems
 
 GC_YOUNG_THRESHOLD = 20_000
-DEFAULT_HOST = "0.0.0.0"
+# Where `serve` listens unless told: this machine only. A tunnel or a reverse proxy on the same
+# machine reaches it there, and nothing else on a laptop's network can; a container passes
+# `--host 0.0.0.0` (the image does).
+DEFAULT_HOST = "127.0.0.1"
 
 
 def _settings() -> Settings:
@@ -36,9 +39,7 @@ def serve(args: argparse.Namespace) -> int:
     from phonebot.serving import uvicorn_options
 
     settings = _settings()
-    logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
-    for problem in settings.problems():
-        logs.get_logger("phonebot").warning("settings.problem", problem=problem.message)
+    log_format = logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
     app = build_app(settings)
     # Audio frames make many short-lived objects and no cycles: collect the young generation
     # far less often, and keep the long-lived startup objects out of every collection, so the
@@ -47,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     # SIGTERM/SIGINT drain the calls first (server.py); the process exits 0 once they have ended.
     config = uvicorn.Config(app, host=args.host, port=args.port, **uvicorn_options(settings))
-    DrainingServer(config, app.state.drain).run()
+    DrainingServer(config, app.state.drain, lambda host, port: banner.show(settings, host, port, log_format)).run()
     return 0
 
 

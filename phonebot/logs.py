@@ -139,9 +139,10 @@ class _LibraryLevels(logging.Filter):
 _handler: logging.Handler | None = None
 
 
-def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = ()) -> None:
+def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = ()) -> str:
     """Set up structlog and stdlib logging (every library's records) with one set of processors.
-    `secrets`: values (keys, tokens, passwords) replaced by "[redacted]" wherever they appear."""
+    `secrets`: values (keys, tokens, passwords) replaced by "[redacted]" wherever they appear.
+    Returns the format chosen (`serve` prints its banner as plain text only on a console)."""
     global _handler
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -177,6 +178,7 @@ def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str
     for name, floor in _FLOORS.items():
         logging.getLogger(name).setLevel(max(numeric, floor))
     logging.captureWarnings(True)  # warnings.warn too, as JSON
+    return fmt
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -1,0 +1,101 @@
+"""`phonebot serve` as a newcomer starts it, on a terminal (a pseudo-terminal here): it says where it
+listens, what to paste into Twilio, where its data is and what is missing; it answers health
+checks all the same, and says it is not ready until the settings are right."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.command import environment
+from tests.conftest import API_KEY, AUTH_TOKEN
+
+READY_WITHIN_S = 30
+REQUIRED = "it is required for calls"
+
+
+@contextmanager
+def serve_on_a_terminal(cwd: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """Start `phonebot serve --port 0` with a terminal for its output; yield its URL and banner."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phonebot", "serve", "--port", "0"],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+    )
+    os.close(terminal)
+    try:
+        screen = _read_until(controller, process, re.compile(r"(To fix: .*|sets them for you\.\))\r?\n"))
+        url = re.search(r"phonebot is listening on (http://\S+) ", screen)
+        assert url, screen
+        yield url[1], screen.replace("\r\n", "\n")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        os.close(controller)
+
+
+def _read_until(controller: int, process: subprocess.Popen[bytes], end: re.Pattern[str]) -> str:
+    screen, deadline = "", time.monotonic() + READY_WITHIN_S
+    while not end.search(screen):
+        assert time.monotonic() < deadline and process.poll() is None, f"no banner; the terminal shows:\n{screen}"
+        if select.select([controller], [], [], 0.2)[0]:
+            screen += os.read(controller, 65536).decode(errors="replace")
+    return screen
+
+
+def test_with_no_settings_it_names_what_is_missing_and_serves_health_but_is_not_ready(tmp_path: Path) -> None:
+    with serve_on_a_terminal(tmp_path, environment(tmp_path)) as (url, screen):
+        assert f"phonebot is listening on {url} (this machine only; a container needs --host 0.0.0.0)." in screen
+        assert url.startswith("http://127.0.0.1:")
+        assert f"  Database: SQLite file {tmp_path}/phonebot.db\n" in screen
+        assert "Set PHONEBOT_PUBLIC_URL (your tunnel's or server's https URL) to see what to paste" in screen
+        banner = screen[screen.index("Not ready for calls yet:") :].splitlines()
+        assert banner == [
+            "Not ready for calls yet:",
+            f"  - GOOGLE_API_KEY (or GEMINI_API_KEY) is not set; {REQUIRED} (or GOOGLE_GENAI_USE_VERTEXAI=true)",
+            f"  - PHONEBOT_PUBLIC_URL is not set; {REQUIRED}",
+            f"  - TWILIO_ACCOUNT_SID is not set; {REQUIRED}",
+            f"  - TWILIO_AUTH_TOKEN is not set; {REQUIRED}",
+            "To fix: `cp .env.example .env`, fill it in, check it with `phonebot doctor`, and start again.",
+        ]
+        assert "{" not in screen  # plain words: no JSON log lines on a terminal
+
+        assert httpx.get(f"{url}/healthz").json() == {"ok": True}
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503
+        error = ready.json()["error"]
+        assert error["code"] == "not_ready"
+        assert [reason.split(" ")[0] for reason in error["reasons"]] == [
+            "GOOGLE_API_KEY", "PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"
+        ]
+
+
+def test_with_settings_it_says_what_to_paste_into_twilio_and_is_ready(tmp_path: Path) -> None:
+    env = environment(
+        tmp_path,
+        GOOGLE_API_KEY=API_KEY,
+        PHONEBOT_PUBLIC_URL="https://bot.example.test/",
+        TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        DATABASE_URL="sqlite:///data/calls.db",
+    )
+    with serve_on_a_terminal(tmp_path, env) as (url, screen):
+        assert screen.endswith(
+            f"  Database: SQLite file {tmp_path}/data/calls.db\n"
+            "  In the Twilio console, on your number:\n"
+            "    A call comes in (Webhook, HTTP POST)  https://bot.example.test/twilio/voice\n"
+            "    Call status changes (HTTP POST)       https://bot.example.test/twilio/status\n"
+            "  (`phonebot setup-number` sets them for you.)\n"
+        )
+        assert "Not ready" not in screen
+        assert httpx.get(f"{url}/readyz").json() == {"ready": True, "active_calls": 0}
