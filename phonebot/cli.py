@@ -1,4 +1,4 @@
-"""`phonebot serve | doctor | db upgrade`: thin commands over settings, the app and
+"""`phonebot serve | doctor | setup-number | db upgrade`: thin commands over settings, the app and
 the store. Every failure a person can cause is one plain line and an exit status, never a traceback."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from phonebot import banner, logs
-from phonebot.settings import Settings, invalid_problems
+from phonebot.settings import E164, Settings, invalid_problems
 
 GC_YOUNG_THRESHOLD = 20_000
 # Where `serve` listens unless told: this machine only. A tunnel or a reverse proxy on the same
@@ -63,6 +63,38 @@ def doctor(args: argparse.Namespace) -> int:
     return status
 
 
+def setup_number(args: argparse.Namespace) -> int:
+    from phonebot.telephony import account
+    from phonebot.telephony.rest import TwilioRest
+
+    settings = _settings()
+    number = args.number or settings.twilio_phone_number
+    if number is None or not E164.fullmatch(number):
+        print("phonebot setup-number: which number? Give it (+14155550123) or set TWILIO_PHONE_NUMBER", file=sys.stderr)
+        return 2
+    needed = ("PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+    blocking = [problem for problem in settings.problems() if problem.variable in needed and problem.not_ready]
+    if blocking:
+        print("phonebot setup-number: fix these first (`phonebot doctor` checks them):", file=sys.stderr)
+        for problem in blocking:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    urls = {key: url for key, _, url in banner.public_urls(settings)}
+    rest = TwilioRest(settings, timeout_s=account.REQUEST_TIMEOUT_S)
+    try:
+        sid, changes = account.point_number(rest, number, urls["voice_webhook"], urls["status_callback"])
+    except account.AccountError as error:
+        print(f"phonebot setup-number: {error}", file=sys.stderr)
+        return 1
+    if not changes:
+        print(f"phonebot setup-number: {number} ({sid}) already points at {settings.public_url}; nothing changed")
+        return 0
+    print(f"phonebot setup-number: {number} ({sid}) now points at {settings.public_url}:")
+    for change in changes:
+        print(f"  {change.setting}: {change.before or '(none)'} -> {change.after or '(none)'}")
+    return 0
+
+
 def db_upgrade(_args: argparse.Namespace) -> int:
     import asyncio
 
@@ -107,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         "--online", action="store_true", help="also try the database, the Twilio credentials and a Gemini session"
     )
     doctor_cmd.set_defaults(func=doctor)
+
+    number_cmd = commands.add_parser(
+        "setup-number", help="point a Twilio number's voice webhook and status callback at this service"
+    )
+    number_cmd.add_argument("number", nargs="?", help="the number, +E.164 (default: TWILIO_PHONE_NUMBER)")
+    number_cmd.set_defaults(func=setup_number)
 
     db_cmd = commands.add_parser("db", help="the database")
     db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
