@@ -8,7 +8,7 @@ import sys
 
 from phonebot import logs
 from phonebot.settings import Settings
-from phonebot.store import health
+from phonebot.store import status
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 EVERY_INTERFACE = ("0.0.0.0", "::", "")
@@ -38,7 +38,7 @@ def lines(settings: Settings, host: str, port: int) -> list[str]:
         reach = "every interface" if host in EVERY_INTERFACE else "this address only"
     out = [
         f"phonebot is listening on {listening_url(host, port)} ({reach}).",
-        f"  Database: {health.where(settings.database_url)}",
+        f"  Database: {status.where(settings.database_url)}",
     ]
     urls = public_urls(settings)
     if urls:
@@ -64,6 +64,6 @@ def show(settings: Settings, host: str, port: int, log_format: str) -> None:
         return
     log = logs.get_logger("phonebot")
     urls = {key: url for key, _, url in public_urls(settings)}
-    log.info("serve.listening", url=listening_url(host, port), database=health.where(settings.database_url), **urls)
+    log.info("serve.listening", url=listening_url(host, port), database=status.where(settings.database_url), **urls)
     for problem in settings.problems():
         log.warning("settings.problem", variable=problem.variable, problem=problem.message, not_ready=problem.not_ready)

@@ -98,11 +98,11 @@ def setup_number(args: argparse.Namespace) -> int:
 def db_upgrade(_args: argparse.Namespace) -> int:
     import asyncio
 
-    from phonebot.store import health, migrate
+    from phonebot.store import migrate, status
     from phonebot.store.engine import make_engine
 
     settings = _settings()
-    where = health.where(settings.database_url)
+    where = status.where(settings.database_url)
 
     async def run() -> str | None:
         engine = make_engine(settings.database_url, timeout_s=None)  # migrations may take long
@@ -114,10 +114,10 @@ def db_upgrade(_args: argparse.Namespace) -> int:
     try:
         revision = asyncio.run(run())
     except (OSError, TimeoutError) as error:
-        print(f"phonebot db upgrade: cannot reach {where}: {health.describe(error)}", file=sys.stderr)
+        print(f"phonebot db upgrade: cannot reach {where}: {status.describe(error)}", file=sys.stderr)
         return 1
-    except health.UNREACHABLE as error:
-        print(f"phonebot db upgrade: {where}: {health.describe(error)}", file=sys.stderr)
+    except status.UNREACHABLE as error:
+        print(f"phonebot db upgrade: {where}: {status.describe(error)}", file=sys.stderr)
         return 1
     print(f"phonebot db upgrade: {where} is at schema revision {revision}")
     return 0

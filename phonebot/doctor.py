@@ -1,7 +1,7 @@
 """`phonebot doctor`: every problem with the settings at once, and with `--online`, whether what
 they point at answers: the database, Twilio's REST API, a Gemini Live session.
 
-Each online check lives at its border (store/health.py, telephony/account.py, gemini/probe.py)
+Each online check lives at its border (store/status.py, telephony/account.py, gemini/probe.py)
 and answers (holds, what was found) in plain words; this module runs them and reports.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from phonebot.business import BusinessFileError, load_business
 from phonebot.gemini import probe
 from phonebot.settings import Diagnosis, Settings, diagnose
-from phonebot.store import health
+from phonebot.store import status
 from phonebot.telephony import account
 from phonebot.telephony.rest import TwilioRest
 
@@ -70,7 +70,7 @@ async def online_checks(settings: Settings) -> list[Check]:
     """Each check at once, each bounded in time by its own border module."""
     rest = TwilioRest(settings, timeout_s=account.REQUEST_TIMEOUT_S)
     checks: list[tuple[str, Callable[[], Awaitable[tuple[bool, str]]]]] = [
-        ("database", lambda: health.check(settings.database_url)),
+        ("database", lambda: status.check(settings.database_url)),
         ("Twilio", lambda: _twilio(settings, rest)),
         ("Gemini", lambda: _gemini(settings)),
     ]

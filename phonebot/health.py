@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from phonebot.call.admission import Admission
-from phonebot.store import migrate
+from phonebot.store import migrate, status
 
 DATABASE_TIMEOUT_S = 1.0  # well inside an orchestrator's probe timeout (Kubernetes' default is 1 s, ours 3 s)
 
@@ -31,9 +31,7 @@ async def database_problem(engine: AsyncEngine, schema: str, timeout_s: float = 
     except TimeoutError:
         return f"database: no answer within {timeout_s:g} s"
     except (SQLAlchemyError, OSError) as error:
-        cause = getattr(error, "orig", None) or error
-        first_line = (str(cause).splitlines() or [""])[0][:200]
-        return f"database: {type(cause).__name__}: {first_line}"
+        return f"database: {status.describe(error)}"  # in the words `phonebot doctor` uses
     if found != schema:
         return f"database: at schema revision {found or 'none'}, phonebot needs {schema} (run `phonebot db upgrade`)"
     return None

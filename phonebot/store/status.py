@@ -1,5 +1,5 @@
-"""Whether the database answers and has the schema this version needs, said in one plain line
-(`phonebot doctor --online`, `phonebot db upgrade`; readiness can ask the same)."""
+"""The database in plain words: where it is, whether it answers, and at which schema
+(`phonebot serve`'s banner, `phonebot doctor --online`, `phonebot db upgrade`, /readyz's reasons)."""
 
 from __future__ import annotations
 
