@@ -4,6 +4,7 @@ checks all the same, and says it is not ready until the settings are right."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.command import environment
+from tests.command import closed_port, environment
 from tests.conftest import API_KEY, AUTH_TOKEN
 
 READY_WITHIN_S = 30
@@ -99,3 +100,39 @@ def test_with_settings_it_says_what_to_paste_into_twilio_and_is_ready(tmp_path: 
         )
         assert "Not ready" not in screen
         assert httpx.get(f"{url}/readyz").json() == {"ready": True, "active_calls": 0}
+
+
+def test_without_a_terminal_the_same_facts_are_log_events(tmp_path: Path) -> None:
+    # Under systemd or in a container, logs are JSON: the banner's facts come as events instead of a
+    # paragraph that would break the stream; the voice webhook names the setting it lacks.
+    port = closed_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phonebot", "serve", "--port", str(port)],
+        cwd=tmp_path, env=environment(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + READY_WITHIN_S
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"ok": True}
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        voice = httpx.post(f"http://127.0.0.1:{port}/twilio/voice", data={"CallSid": "CA1"})
+        assert voice.status_code == 500
+        assert voice.json()["error"] == {
+            "code": "missing_setting",
+            "message": "PHONEBOT_PUBLIC_URL is not set; it is required to answer calls (Twilio signs this URL)",
+        }
+    finally:
+        process.terminate()
+        stderr = process.communicate(timeout=10)[1]
+    events = [json.loads(line) for line in stderr.splitlines()]  # every line: JSON
+    (listening,) = [event for event in events if event["event"] == "serve.listening"]
+    assert listening["url"] == f"http://127.0.0.1:{port}"
+    assert listening["database"] == f"SQLite file {tmp_path}/phonebot.db"
+    missing = ("GOOGLE_API_KEY", "PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+    problems = [event for event in events if event["event"] == "settings.problem"]
+    assert [(event["variable"], event["not_ready"]) for event in problems] == [(name, True) for name in missing]
