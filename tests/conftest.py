@@ -25,6 +25,7 @@ from phonebot.tools.spec import ToolSpec
 from tests.databases import database_url, engine, postgres, postgres_url, sqlite_url  # noqa: F401 - fixtures
 from tests.fakes.gemini_live import FakeLiveServer, make_tls
 from tests.fakes.twilio_media import FakeTwilioCall
+from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 # Credentials of the shapes Twilio and Google issue, so that the service under test is ready.
@@ -113,6 +114,13 @@ class Service:
     @property
     def calls(self) -> Any:
         return self.app.state.calls
+
+
+@pytest.fixture
+async def twilio_rest() -> AsyncIterator[FakeTwilioRest]:
+    """Twilio's REST API, faked (point TWILIO_API_BASE_URL at its base_url)."""
+    async with FakeTwilioRest("AC" + "0" * 32, AUTH_TOKEN).running() as rest:
+        yield rest
 
 
 @pytest.fixture
