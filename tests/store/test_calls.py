@@ -92,7 +92,7 @@ async def test_an_outbound_token_opens_nothing_until_bound_once(stores: list[Cal
     store = stores[0]
     token = await store.issue_token(None, ttl_s=60)  # before Twilio has named the call
     await store.add(SID, "outbound", "+14155550199", "+14155550123")
-    assert await reason(store.claim_stream(token, SID)) == "other_call"
+    assert await reason(store.claim_stream(token, SID, bind_wait_s=0)) == "token_unbound"
     await stores[1].bind_token(token, SID)
     with pytest.raises(LookupError):
         await store.bind_token(token, OTHER)  # bound once: nobody re-aims it
@@ -100,6 +100,29 @@ async def test_an_outbound_token_opens_nothing_until_bound_once(stores: list[Cal
         await store.bind_token("made-up", OTHER)
     call = await store.claim_stream(token, SID)
     assert (call.direction, call.to_number) == ("outbound", "+14155550123")
+
+
+async def test_a_stream_before_the_bind_waits_for_it_on_any_replica(stores: list[CallStore]) -> None:
+    token = await stores[0].issue_token(None, ttl_s=60)
+    waiting = asyncio.create_task(stores[1].claim_stream(token, SID))  # the callee answered first
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    metadata = {"customer_id": "cus_1"}
+    await stores[2].add_outbound(
+        token, SID, "+14155550199", "+14155550123", status="queued", instructions="Be brief.", metadata=metadata
+    )
+    call = await asyncio.wait_for(waiting, 2)
+    assert (call.direction, call.instructions, call.metadata_object) == ("outbound", "Be brief.", metadata)
+    with pytest.raises(LookupError):  # bound once
+        await stores[0].add_outbound(token, OTHER, "+1", "+2", status="queued", instructions=None, metadata={})
+    assert await stores[0].get(OTHER) is None  # and the row went with it
+
+    never = await stores[0].issue_token(None, ttl_s=60)
+    started = asyncio.get_running_loop().time()
+    assert await reason(stores[3].claim_stream(never, OTHER, bind_wait_s=0.3)) == "token_unbound"
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    await stores[0].revoke_token(never)
+    assert await reason(stores[3].claim_stream(never, OTHER, bind_wait_s=0)) == "unknown_token"
 
 
 async def test_long_expired_tokens_are_forgotten(stores: list[CallStore]) -> None:
