@@ -1,5 +1,9 @@
-"""The operator API: call records, behind `Authorization: Bearer <PHONEBOT_API_KEY>`.
+"""The operator API: outbound calls and call records, behind `Authorization: Bearer <PHONEBOT_API_KEY>`.
 
+`POST /calls` places an outbound call (`phonebot.outbound`): `{"to": "+E164", "instructions"?,
+"metadata"?}` answers `201 {"call_sid", "status"}`, or the error: 400 for the order or Twilio's
+4xx (with Twilio's code), 429 with Retry-After when this replica is full, 503 while it drains or
+Twilio cannot be reached, 502 when Twilio fails.
 `GET /calls` lists calls newest first (`limit`, `cursor`; filters `number`, `direction`,
 `since`, `until`), each as its summary and its webhook's delivery state; `GET /calls/{call_sid}`
 is one call whole: the finished-call report (turns, tool calls, DTMF, bookings) and the same.
@@ -25,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from phonebot.errors import error_response
+from phonebot.outbound import CallOrder, NotPlaced, Outbound
 from phonebot.settings import Settings
 from phonebot.store import records
 from phonebot.store.records import CALL_COMPLETED, iso
@@ -67,7 +72,7 @@ def _unauthorized(message: str) -> JSONResponse:
     return response
 
 
-def routes(settings: Settings, engine: AsyncEngine) -> list[Route]:
+def routes(settings: Settings, engine: AsyncEngine, outbound: Outbound) -> list[Route]:
     def guarded(endpoint: Endpoint) -> Endpoint:
         async def guard(request: Request) -> Response:
             if (refusal := authorized(settings, request)) is not None:
@@ -81,6 +86,17 @@ def routes(settings: Settings, engine: AsyncEngine) -> list[Route]:
                 return error_response(503, "database_unavailable", "the database cannot be reached; try again")
 
         return guard
+
+    async def place_call(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise BadRequest('the body must be JSON like {"to": "+14155550123"}') from None
+        try:
+            placed = await outbound.place(CallOrder.parse(body))
+        except NotPlaced as failure:
+            return _not_placed(failure)
+        return JSONResponse({"call_sid": placed.call_sid, "status": placed.status}, status_code=201)
 
     async def list_calls(request: Request) -> Response:
         params = request.query_params
@@ -127,9 +143,18 @@ def routes(settings: Settings, engine: AsyncEngine) -> list[Route]:
         return JSONResponse({**report, "instructions": row.instructions, "webhook": _webhook(row._mapping)})
 
     return [
+        Route("/calls", guarded(place_call), methods=["POST"]),
         Route("/calls", guarded(list_calls), methods=["GET"]),
         Route("/calls/{call_sid}", guarded(get_call), methods=["GET"]),
     ]
+
+
+def _not_placed(failure: NotPlaced) -> JSONResponse:
+    extra = {"more_info": failure.more_info} if failure.more_info else {}
+    response = error_response(failure.status, failure.code, failure.message, **extra)
+    if failure.retry_after is not None:
+        response.headers["retry-after"] = str(failure.retry_after)
+    return response
 
 
 def _webhook(row: Any) -> dict[str, Any] | None:

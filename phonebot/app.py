@@ -19,9 +19,11 @@ from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
 from phonebot.call.ports import ModelConnector
 from phonebot.call.reconnect import ReconnectPolicy
+from phonebot.call.voicemail import Voicemail
 from phonebot.drain import Drain
 from phonebot.gemini.live import GeminiLive
 from phonebot.health import Readiness, healthz
+from phonebot.outbound import Outbound
 from phonebot.serving import BodyLimit
 from phonebot.settings import MissingSetting, Settings
 from phonebot.store import CallStore, Desk, StoreNotReady, migrate
@@ -30,6 +32,7 @@ from phonebot.store.liveness import Liveness
 from phonebot.store.outbox import Outbox
 from phonebot.store.recorder import Recorder
 from phonebot.store.records import ENDED
+from phonebot.telephony.amd import MachineAnswer, amd_endpoint
 from phonebot.telephony.rest import TwilioRest
 from phonebot.telephony.status import CallStatus, status_endpoint
 from phonebot.telephony.twilio_media import media_endpoint
@@ -97,6 +100,11 @@ def build_app(
     webhook = settings.transcript_webhook_url is not None
     recorder = Recorder(engine, liveness, webhook=webhook, on_queued=deliveries.wake)
     calls.records = recorder
+    # Outbound calls: placed by the API, told apart from answering machines by Twilio's detection,
+    # whose verdict any replica may hear: it is kept in the database, where the call's replica looks.
+    outbound = Outbound(settings, store, rest, calls)
+    calls.voicemail = Voicemail(settings.voicemail, settings.voicemail_message, settings.prompt)
+    calls.verdicts = store
 
     async def call_status(update: CallStatus) -> bool:
         if update.status in ENDED:
@@ -107,6 +115,19 @@ def build_app(
             log.error("records.status_not_recorded", call_sid=update.call_sid, error=repr(error))
             return False
         return True
+
+    async def machine_answer(answer: MachineAnswer) -> bool:
+        # Recorded first: the replica running the call may be another (it looks there), and the
+        # call's report, written once it ends, says who answered.
+        try:
+            known: bool | None = await store.set_answered_by(answer.call_sid, answer.answered_by)
+        except SQLAlchemyError as error:
+            log.error("amd.not_recorded", call_sid=answer.call_sid, error=repr(error))
+            known = None
+        if known is False:
+            log.warning("amd.unknown_call", call_sid=answer.call_sid)
+        await calls.answered(answer.call_sid, answer.answered_by)  # at once, if the call runs here
+        return known is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -121,6 +142,7 @@ def build_app(
             await calls.aclose()
             await recorder.close()
             await deliveries.close(settle_s=SETTLE_S)
+            await rest.aclose()
             await engine.dispose()
 
     app = Starlette(
@@ -128,7 +150,8 @@ def build_app(
             Route("/twilio/voice", voice_endpoint(settings, store, calls), methods=["POST"]),
             WebSocketRoute("/twilio/media/{token}", media_endpoint(settings, store, calls.run, rest)),
             Route("/twilio/status", status_endpoint(settings, call_status), methods=["POST"]),
-            *api.routes(settings, engine),
+            Route("/twilio/amd", amd_endpoint(settings, machine_answer), methods=["POST"]),
+            *api.routes(settings, engine, outbound),
             Route("/healthz", healthz),
             Route("/readyz", readiness.readyz),
             Route("/metrics", metrics_endpoint),

@@ -1,4 +1,4 @@
-"""`phonebot serve | doctor | setup-number | db upgrade`: thin commands over settings, the app and
+"""`phonebot serve | doctor | setup-number | call | db upgrade`: thin commands over settings, the app and
 the store. Every failure a person can cause is one plain line and an exit status, never a traceback."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from phonebot import banner, logs
-from phonebot.settings import E164, Settings, invalid_problems
+from phonebot.settings import E164, MissingSetting, Settings, invalid_problems
 
 GC_YOUNG_THRESHOLD = 20_000
 # Where `serve` listens unless told: this machine only. A tunnel or a reverse proxy on the same
@@ -95,6 +95,53 @@ def setup_number(args: argparse.Namespace) -> int:
     return 0
 
 
+def call(args: argparse.Namespace) -> int:
+    """Place an outbound call through the very function `POST /calls` runs (phonebot/outbound.py)."""
+    import asyncio
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from phonebot.outbound import CallOrder, NotPlaced, Outbound
+    from phonebot.store import CallStore
+    from phonebot.store.engine import make_engine
+    from phonebot.telephony.rest import TwilioRest
+
+    settings = _settings()
+    logs.configure("warning", "console")  # the call SID alone on stdout; warnings on stderr
+    try:
+        metadata = json.loads(args.metadata) if args.metadata is not None else None
+    except ValueError as error:
+        print(f"phonebot call: --metadata is not JSON: {error}", file=sys.stderr)
+        return 2
+
+    async def run() -> str:
+        engine, rest = make_engine(settings.database_url), TwilioRest(settings)
+        try:
+            order = CallOrder.parse({"to": args.to, "instructions": args.instructions, "metadata": metadata})
+            # No calls of its own: this process ends before the callee answers. The replica that
+            # takes the stream opens the model session then.
+            placed = await Outbound(settings, CallStore(engine), rest, calls=None).place(order)
+            return placed.call_sid
+        finally:
+            await rest.aclose()
+            await engine.dispose()
+
+    try:
+        print(asyncio.run(run()))
+    except NotPlaced as failure:
+        print(f"phonebot call: not placed: {failure.message} ({failure.code})", file=sys.stderr)
+        return 2 if failure.status < 500 else 1
+    except (SQLAlchemyError, OSError) as error:
+        print(f"phonebot call: the database cannot be used ({type(error).__name__}); `phonebot doctor` checks it",
+              file=sys.stderr)
+        return 1
+    except MissingSetting as error:
+        print(f"phonebot call: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def db_upgrade(_args: argparse.Namespace) -> int:
     import asyncio
 
@@ -145,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     number_cmd.add_argument("number", nargs="?", help="the number, +E.164 (default: TWILIO_PHONE_NUMBER)")
     number_cmd.set_defaults(func=setup_number)
+
+    call_cmd = commands.add_parser("call", help="call a number: the bot talks to whoever answers; prints the call SID")
+    call_cmd.add_argument("to", help="the number to call, E.164: +14155550123")
+    call_cmd.add_argument("--instructions", help="what the bot is to do on this call, added to its instructions")
+    call_cmd.add_argument("--metadata", help="a JSON object kept with the call record and sent with its webhook")
+    call_cmd.set_defaults(func=call)
 
     db_cmd = commands.add_parser("db", help="the database")
     db_commands = db_cmd.add_subparsers(dest="db_command", required=True)

@@ -8,8 +8,9 @@ from starlette.responses import JSONResponse
 from phonebot.settings import MissingSetting
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(status: int, code: str | int, message: str, **extra: object) -> JSONResponse:
+    """`code`: ours (a word), or a vendor's where it is the better answer (Twilio's error numbers)."""
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
 async def missing_setting(_request: Request, exc: Exception) -> JSONResponse:

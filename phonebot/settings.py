@@ -255,6 +255,11 @@ class Settings(BaseSettings):
             raise MissingSetting("PHONEBOT_PUBLIC_URL", "to answer calls (Twilio signs this URL)")
         return self.public_url
 
+    def require_phone_number(self) -> str:
+        if self.twilio_phone_number is None:
+            raise MissingSetting("TWILIO_PHONE_NUMBER", "to place outbound calls (it is their caller ID)")
+        return self.twilio_phone_number
+
     def require_auth_token(self) -> str:
         if self.twilio_auth_token is None:
             raise MissingSetting("TWILIO_AUTH_TOKEN", "to check Twilio's request signatures")

@@ -1,4 +1,5 @@
-"""Driving a call the way Twilio does: the voice webhook, then the media stream."""
+"""Driving a call the way Twilio does: the voice webhook, then the media stream; or, for an outbound
+call, the API request, then Twilio's stream to the TwiML it was given and its callbacks."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import random
 import re
 from typing import Any
 
+import httpx
+
 from phonebot import codec
 from tests import audio
 from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.fakes.twilio_media import FakeTwilioCall
+from tests.fakes.twilio_rest import CreatedCall, FakeTwilioRest
 
 CALLER = "+14155550123"
 BUSINESS = "+14155550199"
+CALLEE = CALLER  # whom an outbound call calls
+API_KEY = "operator-key-" + "k" * 30
 FORM = {
     "CallSid": "CA" + "1" * 32, "From": CALLER, "To": BUSINESS, "Direction": "inbound", "AccountSid": "AC" + "0" * 32
 }
@@ -56,6 +62,62 @@ async def answer(
     session = await gemini.next_session()  # opened by the webhook, before the stream exists
     await call.connect()
     return call, session
+
+
+def outbound_settings(twilio_rest: FakeTwilioRest, **extra: Any) -> dict[str, Any]:
+    """Settings for outbound calls from BUSINESS, a number the fake account owns."""
+    twilio_rest.caller_ids.add(BUSINESS)
+    return {"api_key": API_KEY, "twilio_phone_number": BUSINESS, "twilio_api_base_url": twilio_rest.base_url, **extra}
+
+
+async def place(service: Service, **order: Any) -> httpx.Response:
+    """`POST /calls` with the operator's API key."""
+    async with service.api() as api:
+        return await api.post("/calls", json=order)
+
+
+def pick_up(service: Service, created: CreatedCall) -> FakeTwilioCall:
+    """The stream Twilio opens when the callee answers: to the URL of the TwiML it was given, with
+    its <Parameter>s (not connected yet)."""
+    twiml = created.field("Twiml")
+    params = dict(re.findall(r'<Parameter name="(\w+)" value="([^"]*)"', twiml))
+    return service.caller(stream_url(twiml), call_sid=created.sid, custom_parameters=params)
+
+
+async def placed(service: Service, twilio_rest: FakeTwilioRest, **order: Any) -> CreatedCall:
+    """An outbound call to CALLEE, placed (201): what Twilio was asked for."""
+    response = await place(service, to=CALLEE, **order)
+    assert response.status_code == 201, response.text
+    created = twilio_rest.created[-1]
+    assert response.json() == {"call_sid": created.sid, "status": "queued"}
+    return created
+
+
+async def answered_with_greeting(
+    service: Service, gemini: FakeLiveServer, twilio_rest: FakeTwilioRest, greeting_s: float = 0.4,
+    complete: bool = True, **order: Any,
+) -> tuple[FakeTwilioCall, FakeLiveSession, CreatedCall, bytes]:
+    """An outbound call whose greeting the model made while the phone rang (`complete`: and finished),
+    picked up: its stream connected. Returns the call, its model session, Twilio's call and the greeting."""
+    created = await placed(service, twilio_rest, **order)
+    session = await gemini.next_session()
+    await session.wait_for_text("Greet")
+    greeting = audio.tone(440, 24000, greeting_s)
+    await session.send_output_transcription("Hello, this is Bella's salon calling.")
+    await session.send_audio(greeting)
+    if complete:
+        await session.send_turn_complete()
+    await asyncio.sleep(0.2)  # still ringing: the greeting waits in the session
+    call = pick_up(service, created)
+    await call.connect()
+    return call, session, created, greeting
+
+
+async def post_amd(service: Service, call_sid: str, answered_by: str) -> httpx.Response:
+    """Twilio's asynchronous answering-machine detection callback."""
+    form = {"CallSid": call_sid, "AccountSid": FORM["AccountSid"], "AnsweredBy": answered_by,
+            "MachineDetectionDuration": "2480"}
+    return await service.post_twilio("/twilio/amd", form)
 
 
 async def greet(session: FakeLiveSession, pcm24k: bytes, chunk_bytes: int = 4801) -> None:

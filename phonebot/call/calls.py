@@ -6,8 +6,12 @@ and setup time inside that second, so the greeting is ready when the stream star
 A stream that finds no early session (another replica took the webhook, or none was
 made) opens one itself.
 
+An outbound call's session opens once Twilio has created the call, while the phone rings, and
+waits up to `stream_within_s` (the ring) for the callee to answer; the greeting is ready by then.
+
 Every call comes in through `admit()`, which counts it against PHONEBOT_MAX_CALLS from then
 until it ends (`admission.py`); `wind_down()` and `stop()` end the calls when the service stops.
+An outbound call waits for answering-machine detection's verdict (`voicemail.py`) while it runs.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from phonebot.call.ports import CallerPort, CallInfo, ModelConnector, ModelPort
 from phonebot.call.reconnect import ReconnectPolicy, ResilientModel
 from phonebot.call.record import CallRecord, EndReason, RecordSink
 from phonebot.call.session import APOLOGY, CallSession
+from phonebot.call.voicemail import AnsweringMachine, Verdicts, Voicemail
 from phonebot.tools.spec import ToolSpec
 
 GREETING_CUE = "(The call has connected. Greet the caller now.)"
+OUTBOUND_GREETING_CUE = "(The person you are calling has answered. Greet them now and say why you are calling.)"
 EARLY_SESSION_TTL_S = 30.0  # an early session no stream claims by then is closed
 
 log = structlog.get_logger(__name__)
@@ -61,6 +67,9 @@ class Calls:
         self._tools: Mapping[str, ToolSpec] = {spec.name: spec for spec in tools}
         self.bookings = bookings  # the booking desk, once the app has opened it
         self.records: RecordSink | None = None  # where call records go, once the app has opened the store
+        self.voicemail: Voicemail | None = None  # what an outbound call answered by a machine does
+        self.verdicts: Verdicts | None = None  # where answering-machine verdicts are found (the database)
+        self._machines: dict[str, AnsweringMachine] = {}  # outbound calls running here, by call_sid
         self._transfer_to = transfer_to
         self._early: dict[str, _Early] = {}
         self.active: dict[str, CallSession] = {}
@@ -77,7 +86,7 @@ class Calls:
         name of our own, `early=False`, then `admission.rename()`d and `prepare()`d."""
         refusal = self.admission.admit(info.call_sid, info.direction, stream_within_s)
         if refusal is None and early:
-            self.prepare(info)
+            self.prepare(info, stream_within_s)
         return refusal
 
     async def release(self, call_sid: str, refused: Refusal | None = None) -> None:
@@ -86,13 +95,13 @@ class Calls:
         self.admission.release(call_sid, refused)
         await self._discard(call_sid)
 
-    def prepare(self, info: CallInfo) -> None:
-        """Start opening the call's model session now; its stream will claim it."""
+    def prepare(self, info: CallInfo, ttl_s: float = EARLY_SESSION_TTL_S) -> None:
+        """Start opening the call's model session now; its stream will claim it within `ttl_s`."""
         if info.call_sid in self._early or info.call_sid in self.active:
             return
         with structlog.contextvars.bound_contextvars(call_sid=info.call_sid):  # the task's logs carry it
             task = asyncio.create_task(self._open(info), name=f"early model {info.call_sid}")
-        expiry = asyncio.get_running_loop().call_later(EARLY_SESSION_TTL_S, self._expire, info.call_sid)
+        expiry = asyncio.get_running_loop().call_later(ttl_s, self._expire, info.call_sid)
         self._early[info.call_sid] = _Early(task, expiry)
 
     async def run(self, caller: CallerPort) -> EndReason:
@@ -130,12 +139,31 @@ class Calls:
             caller_silence_s=self._caller_silence_s,
         )
         self.active[info.call_sid] = session
+        watching = self._watch_for_machines(session)
         try:
             if self._goodbye is not None:  # its stream started while the service is stopping
                 await session.say_goodbye(self._goodbye, EndReason.SHUTDOWN)
             return await session.run()
         finally:
             del self.active[info.call_sid]
+            if watching is not None:
+                watching.cancel()
+                self._machines.pop(info.call_sid, None)
+
+    def _watch_for_machines(self, session: CallSession) -> asyncio.Task[None] | None:
+        """An outbound call: wait for answering-machine detection's verdict, from wherever it comes."""
+        if session.info.direction != "outbound" or self.voicemail is None:
+            return None
+        machine = AnsweringMachine(session, self.voicemail, self.verdicts)
+        self._machines[session.info.call_sid] = machine
+        return asyncio.create_task(machine.watch(), name=f"answered by {session.info.call_sid}")
+
+    async def answered(self, call_sid: str, answered_by: str) -> None:
+        """Answering-machine detection's verdict on a call (human, machine or unknown). If the call
+        runs here, it is acted on now; if elsewhere, the replica that runs it finds it in the database."""
+        machine = self._machines.get(call_sid)
+        if machine is not None:
+            await machine.heard(answered_by)
 
     async def wind_down(self, cue: str) -> None:
         """The service is stopping: every call is asked to say goodbye through its model and then
@@ -177,8 +205,8 @@ class Calls:
 
     async def _open(self, info: CallInfo) -> ModelPort:
         model = await ResilientModel.open(self._connector, info, self._policy)
-        try:
-            await model.send_text(GREETING_CUE)  # the bot speaks first
+        try:  # the bot speaks first
+            await model.send_text(OUTBOUND_GREETING_CUE if info.direction == "outbound" else GREETING_CUE)
         except BaseException:
             await model.close()
             raise

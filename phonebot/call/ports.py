@@ -24,6 +24,8 @@ class CallInfo:
     to_number: str = ""
     direction: Direction = "inbound"
     parameters: dict[str, str] = field(default_factory=dict)
+    instructions: str | None = None  # an outbound call's own, added to the bot's for this call only
+    metadata: dict[str, Any] = field(default_factory=dict)  # the operator's, for the record and webhook
 
     @property
     def caller_number(self) -> str:

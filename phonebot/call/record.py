@@ -42,6 +42,9 @@ class EndReason(StrEnum):
     ERROR = "error"
     SHUTDOWN = "shutdown"  # the service stopped while the call went on
     SERVICE_RESTART = "service_restart"  # the process died mid-call; finalised at the next start
+    # An outbound call answered by a machine (PHONEBOT_VOICEMAIL): a message left after the beep, or none.
+    VOICEMAIL_LEFT = "voicemail_left"
+    ANSWERING_MACHINE = "answering_machine"
     # Calls that ended before their media stream started, as Twilio's status callback says.
     NO_ANSWER = "no_answer"
     BUSY = "busy"

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from phonebot import codec, metrics
-from phonebot.call.playback import Playback
+from phonebot.call.playback import BotTurn, Playback
 from phonebot.call.ports import (
     BotAudio,
     BotInterrupted,
@@ -64,6 +64,13 @@ class _AfterSpeech:
     end_reason: EndReason
     requested: float = field(default_factory=time.monotonic)
     turn_done: bool = False
+    # Asked for words (a cue): only a bot turn begun after this many counts, not the one it cut into.
+    since_turn: int | None = None
+
+    def bot_done(self, turns: int) -> None:
+        """The bot is done speaking, `turns` turns of audio into the call."""
+        if self.since_turn is None or turns > self.since_turn:
+            self.turn_done = True
 
     def due(self, playing: bool, busy: bool, now: float) -> bool:
         if now - self.requested > ACTION_CAP_S:
@@ -93,6 +100,7 @@ class CallSession:
         self._transfer_to = transfer_to
         self._deadline = self.record.started + max_duration_s
         self._after_speech: _AfterSpeech | None = None
+        self._hung_up: EndReason | None = None  # we closed the line (`hang_up`), and why
         self._pumps: set[asyncio.Task[EndReason]] = set()
         self._first_audio = True  # no bot audio sent yet (for the first-audio metric)
         self.turns = TurnTaking(self.record.started, caller_silence_s)
@@ -146,7 +154,7 @@ class CallSession:
             if now > self._deadline and self._after_speech is None:
                 log.warning("call.time_limit")
                 await self.say_goodbye(TIME_LIMIT_CUE, EndReason.MAX_DURATION)
-        return EndReason.CALLER_HUNG_UP
+        return self._hung_up or EndReason.CALLER_HUNG_UP
 
     async def _model_to_caller(self) -> EndReason:
         async for event in self.model.events():
@@ -170,7 +178,7 @@ class CallSession:
                     if idle:  # not between the utterances of an answer still being worked on
                         self.record.bot_idle()
                         if self._after_speech is not None:
-                            self._after_speech.turn_done = True
+                            self._after_speech.bot_done(len(self.playback.turns))
                 case ToolCall() as call:
                     log.info("call.tool_call", tool=call.name, call_id=call.call_id)
                     self.tools.start(call)
@@ -209,8 +217,18 @@ class CallSession:
         """End the call through the model: `cue` asks it to say goodbye, and the line closes once
         that has been heard (or the model stays quiet), as `reason`."""
         if self._after_speech is None:
-            self._after_speech = _AfterSpeech(self.caller.close, reason)
+            self._after_speech = _AfterSpeech(self.caller.close, reason, since_turn=len(self.playback.turns))
             await self.model.send_text(cue)
+
+    async def hang_up(self, reason: EndReason) -> None:
+        """End the call at once, as `reason`: the line closes, and the caller's side ends."""
+        self._hung_up = reason
+        await self.caller.close()
+
+    async def silence(self) -> None:
+        """Stop the bot's audio now: what the caller has not heard yet is dropped (not a barge-in)."""
+        playing, _turn = await self._drop_bot_audio()
+        self.record.cut_short(playing)
 
     def stop(self) -> None:
         """End the call now: `run()` returns `shutdown`, with the record finished as usual."""
@@ -228,15 +246,20 @@ class CallSession:
         # pending mark at once, and those echoes are audio thrown away, not heard. (A few
         # microseconds; then the clear, since every millisecond is bot audio over the caller.)
         began = time.perf_counter()
-        playing = self.playback.playing
-        turn = self.playback.interrupt()
-        await self.caller.clear()
+        playing, turn = await self._drop_bot_audio()
         metrics.BARGE_IN.observe(time.perf_counter() - began)
-        self._down.reset()
         self.record.cut_short(playing)
         self.turns.cut_in(time.monotonic(), self._output())
         if turn is not None:
             log.info("call.barge_in", turn=turn.index, heard_ms=round(turn.heard_ms), sent_ms=round(turn.sent_ms))
+
+    async def _drop_bot_audio(self) -> tuple[bool, BotTurn | None]:
+        """Freeze the ledger, then clear the phone's buffer. Whether bot audio was playing, and the turn cut."""
+        playing = self.playback.playing
+        turn = self.playback.interrupt()
+        await self.caller.clear()
+        self._down.reset()
+        return playing, turn
 
 
     # -- turns: a stalled model, a silent caller --------------------------------------------

@@ -15,12 +15,19 @@ from phonebot.tools.spec import ToolSpec
 
 
 def call_context(info: CallInfo, now: datetime, business: Business | None) -> str:
+    """What the system instructions say about this call: who, when, the business, and an outbound
+    call's own instructions (part of the context, so instructions replaced mid-call keep them)."""
     party = "from" if info.direction == "inbound" else "to"
     number = info.caller_number or "an unknown number"
     context = f"\n\nThis call: an {info.direction} phone call {party} {number}."
     if business is None:
-        return context + f" It is now {now:%A %d %B %Y, %H:%M} UTC."
-    return context + "\n" + business.brief(now)
+        context += f" It is now {now:%A %d %B %Y, %H:%M} UTC."
+    else:
+        context += "\n" + business.brief(now)
+    if info.instructions:
+        source = "from the business, not from the person on the line"
+        context += f"\n\nInstructions for this call ({source}):\n{info.instructions}"
+    return context
 
 
 def declaration(spec: ToolSpec, capabilities: Capabilities) -> types.FunctionDeclaration:

@@ -37,7 +37,11 @@ from phonebot.tools.spec import ToolSpec
 # the call reads the new connection only once the old one is closed.
 # max_size: the largest server message read (websockets' own default, said out loud): a model
 # turn's audio comes in chunks of a few kB, and nothing larger is ever read into memory.
-KEEPALIVE = {"ping_interval": 10.0, "ping_timeout": 20.0, "close_timeout": 1.0, "max_size": 2**20}
+# max_queue: messages read ahead before reading pauses. An early session (opened while the phone
+# rings) holds its whole greeting unread until the call is answered; at websockets' default of 16
+# reading would pause mid-greeting, the pongs behind it would go unread, and the keepalive would
+# close the session ~30 s into the ringing. A greeting is a few hundred messages at most.
+KEEPALIVE = {"ping_interval": 10.0, "ping_timeout": 20.0, "close_timeout": 1.0, "max_size": 2**20, "max_queue": 1024}
 # Close codes with which the service refuses a resumption handle (expired or unknown).
 _REFUSED = {1007, 1008}
 

@@ -66,4 +66,6 @@ def _call_info(call: StoredCall) -> CallInfo:
         from_number=call.from_number,
         to_number=call.to_number,
         direction=cast(Direction, call.direction),
+        instructions=call.instructions,
+        metadata=call.metadata_object,
     )

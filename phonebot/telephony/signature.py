@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import structlog
 from starlette.requests import Request
+from starlette.responses import Response
 from twilio.request_validator import RequestValidator
 
+from phonebot.errors import error_response
 from phonebot.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def signature_ok(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> bool:
@@ -25,3 +30,12 @@ async def signed_form(settings: Settings, request: Request) -> dict[str, str] | 
         url += "?" + request.url.query
     signed = signature_ok(settings.require_auth_token(), url, form, request.headers.get("x-twilio-signature"))
     return form if signed else None
+
+
+async def twilio_form(settings: Settings, request: Request, event: str) -> dict[str, str] | Response:
+    """The form of a request Twilio signed, or the 403 to answer (logged as `{event}.bad_signature`)."""
+    form = await signed_form(settings, request)
+    if form is None:
+        log.warning(f"{event}.bad_signature")
+        return error_response(403, "bad_signature", "X-Twilio-Signature does not match this request")
+    return form

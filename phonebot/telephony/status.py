@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from phonebot.errors import error_response
 from phonebot.settings import Settings
-from phonebot.telephony.signature import signed_form
+from phonebot.telephony.signature import twilio_form
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +47,9 @@ def answered_by(value: str | None) -> str | None:
 
 def status_endpoint(settings: Settings, on_status: StatusHandler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        form = await signed_form(settings, request)
-        if form is None:
-            log.warning("status.bad_signature")
-            return error_response(403, "bad_signature", "X-Twilio-Signature does not match this request")
+        form = await twilio_form(settings, request, "status")
+        if isinstance(form, Response):
+            return form
         status = form.get("CallStatus", "")
         if not form.get("CallSid") or status not in STATUSES:
             return error_response(400, "bad_request", "CallSid and a known CallStatus are required")

@@ -22,7 +22,7 @@ from phonebot.call.ports import CallInfo, Direction
 from phonebot.errors import error_response
 from phonebot.settings import Settings
 from phonebot.store.calls import CallStore
-from phonebot.telephony.signature import signed_form
+from phonebot.telephony.signature import twilio_form
 
 log = structlog.get_logger(__name__)
 
@@ -70,10 +70,9 @@ def voice_endpoint(
     """`calls` hears of the call as soon as Twilio does: to count it, and to get the model ready early."""
 
     async def endpoint(request: Request) -> Response:
-        form = await signed_form(settings, request)
-        if form is None:
-            log.warning("voice.bad_signature")
-            return error_response(403, "bad_signature", "X-Twilio-Signature does not match this request")
+        form = await twilio_form(settings, request, "voice")
+        if isinstance(form, Response):
+            return form
         if not form.get("CallSid"):
             return error_response(400, "bad_request", "CallSid is missing")
         direction: Direction = "outbound" if form.get("Direction", "").startswith("outbound") else "inbound"
