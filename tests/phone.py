@@ -4,11 +4,13 @@ call, the API request, then Twilio's stream to the TwiML it was given and its ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed
 
 from phonebot import codec
 from tests import audio
@@ -111,6 +113,13 @@ async def answered_with_greeting(
     call = pick_up(service, created)
     await call.connect()
     return call, session, created, greeting
+
+
+async def line(call: FakeTwilioCall) -> None:
+    """What Twilio streams for as long as a call lasts: a frame every 20 ms (here, silence)."""
+    with contextlib.suppress(ConnectionClosed, RuntimeError):
+        while not call.closed.is_set():
+            await call.send_audio(b"\xff" * 800, realtime=True)
 
 
 async def post_amd(service: Service, call_sid: str, answered_by: str) -> httpx.Response:

@@ -209,7 +209,7 @@ TOO_LONG = "x" * 4001
         ("[" * 100_000, "must be JSON"),
     ],
 )
-async def test_a_bad_order_is_a_400_that_saying_what_is_wrong_and_reaches_nobody(
+async def test_a_bad_order_is_a_400_saying_what_is_wrong_and_reaches_nobody(
     service: Service, gemini: FakeLiveServer, twilio_rest: FakeTwilioRest, body: Any, complaint: str
 ) -> None:
     async with service.api() as api:

@@ -9,14 +9,10 @@ first: the second, which runs the call, finds it in the database and leaves the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
-from websockets.exceptions import ConnectionClosed
 
 from phonebot.call.voicemail import VOICEMAIL_CUE
 from tests import audio
@@ -24,7 +20,7 @@ from tests.conftest import AUTH_TOKEN, PUBLIC_URL, make_settings
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.webhook_receiver import SECRET, WebhookReceiver
-from tests.phone import API_KEY, BUSINESS, CALLEE, FORM, expected_mulaw_bytes, pick_up, place, post_amd
+from tests.phone import API_KEY, BUSINESS, CALLEE, FORM, expected_mulaw_bytes, line, pick_up, place, post_amd
 from tests.served import ACCOUNT_SID, Served, serve
 
 INSTRUCTIONS = "You are calling Ada Lovelace about her haircut tomorrow at 10:00. Offer to move it."
@@ -49,13 +45,6 @@ def operator(served: Served) -> Served:
     """The process, as the operator's API client sees it (with the API key)."""
     served.settings = make_settings(api_key=API_KEY)
     return served
-
-
-async def line(call: Any) -> None:
-    """A frame every 20 ms for as long as the call lasts, as Twilio streams."""
-    with contextlib.suppress(ConnectionClosed, RuntimeError):
-        while not call.closed.is_set():
-            await call.send_audio(b"\xff" * 800, realtime=True)
 
 
 async def test_placed_on_one_replica_streamed_and_its_machine_answered_on_another(

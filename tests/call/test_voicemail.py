@@ -7,12 +7,10 @@ the call ends at once. A person's answer, or no verdict, changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from phonebot.call.voicemail import VOICEMAIL_CUE
 from tests import audio
@@ -21,7 +19,7 @@ from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.webhook_receiver import SECRET, WebhookReceiver
 from tests.models import GEMINI_25, GEMINI_38
-from tests.phone import answered_with_greeting, expected_mulaw_bytes, outbound_settings, post_amd
+from tests.phone import answered_with_greeting, expected_mulaw_bytes, line, outbound_settings, post_amd
 
 MESSAGE = "Hi, this is Bella's salon with a reminder about your appointment. Please call us back. Goodbye!"
 INSTRUCTIONS = "You are calling Ada Lovelace about her haircut tomorrow at 10:00."
@@ -32,13 +30,6 @@ def voicemail_settings(twilio_rest: FakeTwilioRest, webhook_receiver: WebhookRec
         twilio_rest, voicemail_message=MESSAGE, transcript_webhook_url=webhook_receiver.url,
         transcript_webhook_secret=SECRET, **extra,
     ))
-
-
-async def line(call: Any) -> None:
-    """What Twilio streams for as long as the call lasts: a frame every 20 ms (a machine's silence)."""
-    with contextlib.suppress(ConnectionClosed, RuntimeError):
-        while not call.closed.is_set():
-            await call.send_audio(b"\xff" * 800, realtime=True)
 
 
 class Closing:
