@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from phonebot import api, errors, metrics
 from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
+from phonebot.call.handoff import Handoff
 from phonebot.call.ports import ModelConnector
 from phonebot.call.reconnect import ReconnectPolicy
 from phonebot.call.voicemail import Voicemail
@@ -92,10 +93,11 @@ def build_app(
     rest = TwilioRest(settings)
     # One engine for everything the service keeps (calls, stream tokens, bookings, records): one pool.
     engine = make_engine(settings.database_url)
-    store = CallStore(engine)
+    liveness = Liveness(engine)  # this process, as the calls it runs name it
+    store = CallStore(engine, liveness.instance)
+    handoff = Handoff(calls, store)  # calls heard of here whose stream another replica took
     readiness = Readiness(problems, engine, calls.admission)
     # Call records: written as calls go, finalised if their process died, reported by webhook.
-    liveness = Liveness(engine)
     deliveries = Deliveries(settings, Outbox(engine, liveness.instance), liveness)
     webhook = settings.transcript_webhook_url is not None
     recorder = Recorder(engine, liveness, webhook=webhook, on_queued=deliveries.wake)
@@ -136,9 +138,11 @@ def build_app(
         calls.bookings = Desk(business, engine) if business is not None else None
         recorder.start()
         deliveries.start()
+        handoff.start()
         try:
             yield
         finally:
+            await handoff.close()
             await calls.aclose()
             await recorder.close()
             await deliveries.close(settle_s=SETTLE_S)

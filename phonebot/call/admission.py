@@ -82,6 +82,10 @@ class Admission:
             held.expiry.cancel()
             held.expiry = None
 
+    def waiting(self) -> list[str]:
+        """The calls held whose stream has not started here (yet)."""
+        return [call_sid for call_sid, held in self._held.items() if held.expiry is not None]
+
     def is_streaming(self, call_sid: str) -> bool:
         held = self._held.get(call_sid)
         return held is not None and held.expiry is None

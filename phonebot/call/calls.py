@@ -4,7 +4,8 @@ Twilio's voice webhook comes a second or so before the media stream connects. Op
 the Live session (and asking for the greeting) at the webhook hides the model's connect
 and setup time inside that second, so the greeting is ready when the stream starts.
 A stream that finds no early session (another replica took the webhook, or none was
-made) opens one itself.
+made) opens one itself; the replica that took the webhook then lets its early session and
+the call's place go (`handoff.py`).
 
 An outbound call's session opens once Twilio has created the call, while the phone rings, and
 waits up to `stream_within_s` (the ring) for the callee to answer; the greeting is ready by then.
@@ -189,6 +190,14 @@ class Calls:
             return
         if call_sid in self._early:
             log.info("call.ended_before_stream", call_sid=call_sid)
+        await self.release(call_sid)
+
+    async def elsewhere(self, call_sid: str) -> None:
+        """The call's stream runs on another replica (or the call ended before any stream, as another
+        replica heard): unless its stream has started here meanwhile, its place and early session go."""
+        if call_sid in self.active or self.admission.is_streaming(call_sid):
+            return
+        log.info("call.streaming_elsewhere", call_sid=call_sid, early_session=call_sid in self._early)
         await self.release(call_sid)
 
     async def aclose(self) -> None:

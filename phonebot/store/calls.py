@@ -3,7 +3,9 @@
 A media stream URL carries a token that lets exactly one stream in, for exactly one call:
 random, kept only as its sha256, single use, short-lived, and in the database so that any
 replica can check it and single use holds across replicas. Claiming the token and marking the
-call's one stream started happen in one transaction: of two streams, one gets in.
+call's one stream started happen in one transaction: of two streams, one gets in. The claim also
+says which process runs the call, so that a replica that took the call's webhook can tell its
+stream went elsewhere (`gone_elsewhere`).
 
 An outbound call's token is issued before Twilio names the call and bound to its CallSid once
 Twilio has (`add_outbound`, with the call's row, in one transaction). A callee can answer before
@@ -18,16 +20,17 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from phonebot.store.engine import exclusive
+from phonebot.store.records import ENDED
 from phonebot.store.tables import calls, stream_tokens
 
 KEEP_EXPIRED = timedelta(hours=1)  # expired tokens are kept this long, so a late stream is logged as "expired"
@@ -77,8 +80,10 @@ def _now() -> datetime:
 
 
 class CallStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, instance: str | None = None) -> None:
+        """`instance`: this process (`store/liveness.py`), written on the streams it claims."""
         self.engine = engine
+        self.instance = instance
 
     async def add(self, call_sid: str, direction: str, from_number: str, to_number: str) -> bool:
         """Record a call; False if it was already recorded (Twilio retried its webhook): kept as first said."""
@@ -190,7 +195,7 @@ class CallStore:
                 # One transaction (SQLite: the write lock; PostgreSQL: this call's advisory lock):
                 # the token is used and the stream marked started together, or neither.
                 async with exclusive(self.engine, f"stream/{call_sid}") as connection:
-                    return await _claim(connection, digest, call_sid, now)
+                    return await _claim(connection, digest, call_sid, now, self.instance)
             except _NotClaimed:
                 pass
             reason = await self._refusal(digest, call_sid, now)
@@ -200,6 +205,19 @@ class CallStore:
             if reason != "token_unbound" or time.monotonic() >= deadline:
                 raise StreamRefused(reason)
             await asyncio.sleep(BIND_POLL_S)
+
+    async def gone_elsewhere(self, call_sids: Collection[str]) -> set[str]:
+        """Of these calls, announced to this process and not streaming here, those whose stream
+        another process has claimed, and those that ended (Twilio's final status) before any stream."""
+        query = select(calls.c.call_sid).where(
+            calls.c.call_sid.in_(list(call_sids)),
+            or_(
+                and_(calls.c.stream_started_at.is_not(None), calls.c.instance != self.instance),
+                and_(calls.c.stream_started_at.is_(None), calls.c.status.in_(ENDED)),
+            ),
+        )
+        async with self.engine.connect() as connection:
+            return set((await connection.scalars(query)).all())
 
     async def _refusal(self, digest: str, call_sid: str, now: datetime) -> str:
         token_query = select(stream_tokens).where(stream_tokens.c.token_hash == digest)
@@ -223,7 +241,9 @@ class CallStore:
         return "changed"  # it could be claimed now: it was bound after the claim was tried
 
 
-async def _claim(connection: AsyncConnection, digest: str, call_sid: str, now: datetime) -> StoredCall:
+async def _claim(
+    connection: AsyncConnection, digest: str, call_sid: str, now: datetime, instance: str | None
+) -> StoredCall:
     used = await connection.execute(
         update(stream_tokens)
         .where(
@@ -239,7 +259,7 @@ async def _claim(connection: AsyncConnection, digest: str, call_sid: str, now: d
     started = await connection.execute(
         update(calls)
         .where(calls.c.call_sid == call_sid, calls.c.stream_started_at.is_(None))
-        .values(stream_started_at=now)
+        .values(stream_started_at=now, instance=instance)
         .returning(*calls.c)
     )
     row = started.first()

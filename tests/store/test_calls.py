@@ -1,5 +1,6 @@
 """Calls and their stream tokens on both backends: single use across replicas (several engines on
-one database racing), one stream per call, expiry, and binding an outbound call's token later."""
+one database racing), one stream per call, expiry, binding an outbound call's token later, and
+which replica's calls went elsewhere."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from sqlalchemy import func, select, update
 
 from phonebot.store import CallStore, StreamRefused, migrate
 from phonebot.store.calls import KEEP_EXPIRED, token_hash
-from phonebot.store.engine import make_engine
+from phonebot.store.engine import make_engine, writing
+from phonebot.store.records import update_status
 from phonebot.store.tables import stream_tokens
 
 SID = "CA" + "1" * 32
@@ -26,7 +28,7 @@ async def stores(database_url: str) -> AsyncIterator[list[CallStore]]:
     """Several replicas' stores on one migrated database."""
     engines = [make_engine(database_url) for _ in range(REPLICAS)]
     await migrate.upgrade(engines[0])
-    yield [CallStore(engine) for engine in engines]
+    yield [CallStore(engine, f"host/{n}/replica") for n, engine in enumerate(engines)]
     for engine in engines:
         await engine.dispose()
 
@@ -138,3 +140,19 @@ async def test_long_expired_tokens_are_forgotten(stores: list[CallStore]) -> Non
     async with store.engine.connect() as connection:
         kept = set((await connection.execute(select(stream_tokens.c.token_hash))).scalars())
     assert token_hash(old) not in kept and token_hash(recent) in kept and len(kept) == 2
+
+
+async def test_a_replica_hears_which_calls_it_heard_of_went_elsewhere(stores: list[CallStore]) -> None:
+    here, there = stores[0], stores[1]
+    here_sid, there_sid, waiting, hung_up, ringing = (f"CA{n:032x}" for n in range(1, 6))
+    for sid in (here_sid, there_sid, waiting, hung_up, ringing):
+        await here.add(sid, "inbound", "+14155550123", "+14155550199")  # every webhook came here
+    await here.claim_stream(await here.issue_token(here_sid, ttl_s=60), here_sid)
+    await there.claim_stream(await here.issue_token(there_sid, ttl_s=60), there_sid)
+    async with writing(there.engine) as connection:  # Twilio's status callbacks reached the other replica
+        await update_status(connection, hung_up, "completed", None)
+        await update_status(connection, ringing, "ringing", None)
+    everything = [here_sid, there_sid, waiting, hung_up, ringing, OTHER]
+    assert await here.gone_elsewhere(everything) == {there_sid, hung_up}
+    assert await there.gone_elsewhere(everything) == {here_sid, hung_up}
+    assert await here.gone_elsewhere([]) == set()
