@@ -41,14 +41,17 @@ def stream_url(twiml: str) -> str:
     return found.group(1)
 
 
-async def dial(service: Service, form: dict[str, str] = FORM, **caller_kwargs: Any) -> FakeTwilioCall:
+async def dial(
+    service: Service, form: dict[str, str] = FORM, stream_to: Service | None = None, **caller_kwargs: Any
+) -> FakeTwilioCall:
     """Twilio's first step of an inbound call, the voice webhook; then its stream, to the URL of the
-    TwiML, with its <Parameter>s (not connected yet)."""
+    TwiML, with its <Parameter>s (not connected yet). `stream_to`: the stream reaches another replica
+    behind the same public URL."""
     response = await service.post_voice(form)
     assert response.status_code == 200, response.text
     params = dict(re.findall(r'<Parameter name="(\w+)" value="([^"]*)"', response.text))
     caller_kwargs = {"call_sid": form["CallSid"], "custom_parameters": params, **caller_kwargs}
-    return service.caller(stream_url(response.text), **caller_kwargs)
+    return (stream_to or service).caller(stream_url(response.text), **caller_kwargs)
 
 
 def another_caller(n: int) -> dict[str, str]:
