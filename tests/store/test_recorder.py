@@ -105,7 +105,9 @@ async def test_a_record_is_written_as_the_call_goes_and_ended_once(engine: Async
     assert stored is not None and stored["ended_at"] is None and stored["status"] == "in-progress"
     assert [turn["text"] for turn in stored["turns"]] == ["Hello.", "Hi, I'd like an appointment."]
 
-    recorder = Recorder(engine, Liveness(engine), webhook=True)
+    # The same process's recorder, reopened: with a new process's, its sweep could find the call's
+    # process gone and finalise it (service_restart) before the end is written.
+    recorder = Recorder(engine, recorder.liveness, webhook=True)
     recorder.start()
     record._sink = recorder
     record.end(EndReason.BOT_ENDED)
