@@ -52,7 +52,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 API_KEY = "replicas-test-operator-key-0123456789abcdef"
 GEMINI_KEYS = {"a": "AIza" + "A" * 35, "b": "AIza" + "B" * 35}  # which replica opened a Live session
-HANDOFF_S = 3.0  # the stream started on B -> A has closed its early session (it would linger 30 s)
+HANDOFF_S = 5.0  # the stream started on B -> A has closed its early session (it would linger 30 s)
 DRAINING = ["draining: shutting down, taking no new calls"]
 
 
@@ -232,7 +232,7 @@ async def holding_the_diary(d: Deployment, day: date) -> AsyncIterator[asyncpg.C
         await connection.close()
 
 
-async def until_waiting(connection: asyncpg.Connection, waiters: int, timeout: float = 2.0) -> None:
+async def until_waiting(connection: asyncpg.Connection, waiters: int, timeout: float = 2.5) -> None:
     """Until `waiters` transactions wait for an advisory lock in this database (well within the
     service's lock_timeout of 3 s, past which a waiting booking gives up)."""
     query = (
@@ -364,6 +364,7 @@ async def test_sigterm_drains_one_replica_while_the_other_takes_the_calls(deploy
     assert longest_gap(replied, replied[0], replied[-1]) < FLOW_GAP_S  # ... with no pause
     assert d.a.running and not call.closed.is_set()
 
+    await call.wait_for_mark(f"1:{expected_mulaw_bytes(reply)}", timeout=10)  # the reply has played to its end
     await call.stop()  # the caller hangs up: A's last call has ended, and A goes
     assert await d.a.exit_code(timeout=20) == 0
     # Its record is whole, in the database both share, and reported once.
