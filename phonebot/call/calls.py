@@ -34,7 +34,7 @@ from phonebot.call.reconnect import ReconnectPolicy, ResilientModel
 from phonebot.call.record import CallRecord, EndReason, RecordSink
 from phonebot.call.session import APOLOGY, CallSession
 from phonebot.call.voicemail import AnsweringMachine, Verdicts, Voicemail
-from phonebot.tools.spec import ToolSpec
+from phonebot.tools.spec import ToolSpec, offered
 
 GREETING_CUE = "(The call has connected. Greet the caller now.)"
 OUTBOUND_GREETING_CUE = "(The person you are calling has answered. Greet them now and say why you are calling.)"
@@ -122,19 +122,22 @@ class Calls:
     async def _run(self, caller: CallerPort) -> EndReason:
         info = caller.info
         log.info("call.started", direction=info.direction, caller=info.caller_number)
+        # A call not on a phone line (the softphone's) cannot be transferred, and is offered no tool to.
+        tools = {spec.name: spec for spec in offered(self._tools.values(), info.on_phone)}
+        transfer_to = self._transfer_to if info.on_phone else None
         try:
             model = await self._claim(info)
         except Exception as error:  # noqa: BLE001 - the call fails, never the server
             log.error("call.model_unreachable", error=repr(error))
             CallRecord(info, Playback(caller.sample_rate), self.records).end(EndReason.MODEL_UNREACHABLE)
-            await caller.redirect(say=APOLOGY, dial=self._transfer_to)
+            await caller.redirect(say=APOLOGY, dial=transfer_to)
             return EndReason.MODEL_UNREACHABLE
         session = CallSession(
             caller,
             model,
-            self._tools,
+            tools,
             self.bookings,
-            self._transfer_to,
+            transfer_to,
             self._max_duration_s,
             self.records,
             caller_silence_s=self._caller_silence_s,

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Direction = Literal["inbound", "outbound"]
+Direction = Literal["inbound", "outbound", "web"]  # web: the browser softphone
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,11 @@ class CallInfo:
     def caller_number(self) -> str:
         """The other party's number: who dialled us, or whom we dialled."""
         return self.from_number if self.direction == "inbound" else self.to_number
+
+    @property
+    def on_phone(self) -> bool:
+        """A telephone call, not the browser softphone's: it has a number, and can be transferred to another."""
+        return self.direction != "web"
 
 
 # -- caller side --------------------------------------------------------------------------

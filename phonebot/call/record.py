@@ -99,6 +99,9 @@ class RecordSink(Protocol):
     def entry(self, record: CallRecord, entry: Entry) -> None:
         """A new or changed entry (the same `seq` again replaces the earlier version)."""
 
+    def progress(self, record: CallRecord, entry: Entry) -> None:
+        """An entry still being said (a turn, as each fragment comes): for live views, not to keep."""
+
     def ended(self, record: CallRecord) -> None: ...
 
 
@@ -157,6 +160,8 @@ class CallRecord:
         if role == "bot":
             index, sent = self._audio_position()
             turn.fragments.append(_Fragment(text, index, sent))
+        if self._sink is not None:
+            self._sink.progress(self, turn)
 
     def bot_idle(self) -> None:
         """The model has finished (idle, not just between utterances): the bot's next words are a

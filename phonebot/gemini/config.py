@@ -20,6 +20,8 @@ def call_context(info: CallInfo, now: datetime, business: Business | None) -> st
     party = "from" if info.direction == "inbound" else "to"
     number = info.caller_number or "an unknown number"
     context = f"\n\nThis call: an {info.direction} phone call {party} {number}."
+    if not info.on_phone:
+        context = "\n\nThis call: from the web softphone (a browser), so there is no caller number and no transfer."
     if business is None:
         context += f" It is now {now:%A %d %B %Y, %H:%M} UTC."
     else:

@@ -29,7 +29,7 @@ from phonebot.gemini.capabilities import FALLBACK, Capabilities, capabilities
 from phonebot.gemini.config import call_context, history_content, live_config
 from phonebot.logs import Skipped
 from phonebot.settings import MissingSetting, Settings
-from phonebot.tools.spec import ToolSpec
+from phonebot.tools.spec import ToolSpec, offered
 
 # Pings find a dead connection within half a minute. A pong slower than that (a busy server, a
 # congested link) does not end the call either: the connection is replaced and resumed, losing
@@ -90,8 +90,9 @@ class GeminiLive:
         context = call_context(info, datetime.now(UTC), self._business)
         system = (instructions or self._settings.prompt()) + context
         # Vertex AI says which of our messages a handle covers (transparent resumption).
+        tools = offered(self._tools, info.on_phone)
         config = live_config(
-            self._settings, self.capabilities, system, self._tools, resume, bool(history), transparent=client.vertexai
+            self._settings, self.capabilities, system, tools, resume, bool(history), transparent=client.vertexai
         )
         stack = contextlib.AsyncExitStack()
         try:

@@ -108,6 +108,9 @@ class Recorder:
     def entry(self, record: CallRecord, entry: Entry) -> None:
         self._put(_Events([EventRow.of(record.call_sid, entry)]))
 
+    def progress(self, record: CallRecord, entry: Entry) -> None:
+        pass  # only finished entries are written: a turn is written once, when it is over
+
     def ended(self, record: CallRecord) -> None:
         assert record.end_reason is not None and record.ended_at is not None
         rows = [EventRow.of(record.call_sid, entry) for entry in record.entries()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from phonebot.tools.context import ToolContext, ToolError
+from phonebot.tools.spec import tool
 
 
 async def end_call(ctx: ToolContext, reason: str = "") -> dict[str, Any]:
@@ -19,6 +20,7 @@ async def end_call(ctx: ToolContext, reason: str = "") -> dict[str, Any]:
     return {"ok": True, "status": "The call will end after your goodbye."}
 
 
+@tool(phone_only=True)
 async def transfer_call(ctx: ToolContext, reason: str = "") -> dict[str, Any]:
     """Transfer the caller to a member of staff. Tell the caller you are transferring them first.
 

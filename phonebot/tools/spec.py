@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -39,16 +39,24 @@ log = structlog.get_logger(__name__)
 class ToolOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     non_blocking: bool = False  # the bot keeps talking ("let me check") while it runs
+    phone_only: bool = False  # offered on telephone calls only (a browser's call cannot be put through to a number)
 
 
-def tool(*, timeout_s: float = DEFAULT_TIMEOUT_S, non_blocking: bool = False) -> Callable[[ToolFunction], ToolFunction]:
+def tool(
+    *, timeout_s: float = DEFAULT_TIMEOUT_S, non_blocking: bool = False, phone_only: bool = False
+) -> Callable[[ToolFunction], ToolFunction]:
     """Set a tool's options; a plain async function gets the defaults."""
 
     def mark(function: ToolFunction) -> ToolFunction:
-        function.__phonebot_tool__ = ToolOptions(timeout_s, non_blocking)  # type: ignore[attr-defined]
+        function.__phonebot_tool__ = ToolOptions(timeout_s, non_blocking, phone_only)  # type: ignore[attr-defined]
         return function
 
     return mark
+
+
+def offered(specs: Iterable[ToolSpec], on_phone: bool) -> list[ToolSpec]:
+    """The tools one call is given: a call not on a phone line (the softphone's) gets no phone-only tool."""
+    return [spec for spec in specs if on_phone or not spec.options.phone_only]
 
 
 @dataclass(frozen=True, slots=True)

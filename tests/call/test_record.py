@@ -20,6 +20,7 @@ INFO = CallInfo("CA1", "+14155550123", "+14155550199")
 class ListSink:
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
+        self.fragments: list[tuple[int, str, str]] = []  # turns in progress, as each fragment came
 
     def started(self, record: CallRecord) -> None:
         self.events.append(("started", record.call_sid))
@@ -32,6 +33,10 @@ class ListSink:
                 self.events.append(("entry", (entry.seq, entry.name, entry.ok, entry.done)))
             case Digit():
                 self.events.append(("entry", (entry.seq, entry.digit)))
+
+    def progress(self, record: CallRecord, entry: Entry) -> None:
+        assert isinstance(entry, Turn)
+        self.fragments.append((entry.seq, entry.role, entry.text))
 
     def ended(self, record: CallRecord) -> None:
         self.events.append(("ended", record.end_reason))
@@ -130,6 +135,13 @@ def test_entries_reach_the_sink_in_timeline_order_as_each_is_finished() -> None:
     ]
     assert [entry.seq for entry in record.entries()] == [1, 2, 3, 4, 5]
     assert record.end_reason == "bot_ended" and record.ended_at is not None
+    # Live views (the softphone page) also see each turn as it grows, fragment by fragment.
+    assert sink.fragments == [
+        (1, "bot", "Hello."),
+        (2, "caller", "Book me"),
+        (2, "caller", "Book me in, please."),
+        (5, "bot", "Done."),
+    ]
 
 
 async def test_barge_in_transcript_holds_only_what_the_caller_heard(service: Service, gemini: FakeLiveServer) -> None:
