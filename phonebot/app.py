@@ -41,6 +41,8 @@ from phonebot.telephony.voice import voice_endpoint
 from phonebot.tools import control
 from phonebot.tools.booking import BOOKING_TOOLS
 from phonebot.tools.spec import ToolFunction, ToolSpec
+from phonebot.web import softphone
+from phonebot.web.live import LiveView
 from phonebot.webhook import SETTLE_S, Deliveries
 
 log = structlog.get_logger(__name__)
@@ -101,7 +103,8 @@ def build_app(
     deliveries = Deliveries(settings, Outbox(engine, liveness.instance), liveness)
     webhook = settings.transcript_webhook_url is not None
     recorder = Recorder(engine, liveness, webhook=webhook, on_queued=deliveries.wake)
-    calls.records = recorder
+    live = LiveView(recorder)  # the store's, plus the softphone page of each web call
+    calls.records = live
     # Outbound calls: placed by the API, told apart from answering machines by Twilio's detection,
     # whose verdict any replica may hear: it is kept in the database, where the call's replica looks.
     outbound = Outbound(settings, store, rest, calls)
@@ -156,6 +159,7 @@ def build_app(
             Route("/twilio/status", status_endpoint(settings, call_status), methods=["POST"]),
             Route("/twilio/amd", amd_endpoint(settings, machine_answer), methods=["POST"]),
             *api.routes(settings, engine, outbound),
+            *softphone.routes(settings, store, calls, live),
             Route("/healthz", healthz),
             Route("/readyz", readiness.readyz),
             Route("/metrics", metrics_endpoint),

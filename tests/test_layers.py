@@ -8,6 +8,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "phonebot"
+# What only a Twilio call has: its signatures, its REST API, its webhooks and its media route.
+TWILIO_ONLY = (
+    "phonebot.telephony.signature",
+    "phonebot.telephony.rest",
+    "phonebot.telephony.voice",
+    "phonebot.telephony.status",
+    "phonebot.telephony.twilio_media",
+)
 
 
 def imports_of(path: Path) -> set[str]:
@@ -32,6 +40,8 @@ def modules(folder: str) -> list[Path]:
         ("tools", ("phonebot.telephony", "phonebot.gemini", "phonebot.call", "twilio", "google")),  # tools: neither
         # the call: only the ports
         ("call", ("phonebot.telephony", "phonebot.gemini", "twilio", "google", "starlette")),
+        # the softphone: a Media Streams peer like Twilio, with none of Twilio's own parts
+        ("web", ("phonebot.gemini", "google", "twilio", *TWILIO_ONLY)),
     ],
 )
 def test_sides_do_not_know_each_other(folder: str, forbidden: tuple[str, ...]) -> None:
