@@ -173,6 +173,7 @@ class WebCall {
     this.mic = await navigator.mediaDevices.getUserMedia({ audio: MIC });
     if (this.finished) return this.finish(null); // hung up meanwhile: let the microphone go
     this.context = new AudioContext({ latencyHint: "interactive" });
+    await this.context.resume(); // made in the Call click, so allowed to play; resume says so explicitly
     await this.context.audioWorklet.addModule(new URL("worklet.js", import.meta.url));
     this.node = new AudioWorkletNode(this.context, "phone", {
       numberOfInputs: 1,
