@@ -1,6 +1,7 @@
-"""What `phonebot serve` tells the person who started it: where it listens, what to paste into
-Twilio, where its data is, and what is still missing. Plain words on a terminal; the same facts
-as log events otherwise (a plain paragraph would break a JSON log stream)."""
+"""What `phonebot serve` tells the person who started it: where it listens, where to call the bot
+from a browser, what to paste into Twilio, where its data is, and what is still missing. Plain
+words on a terminal; the same facts as log events otherwise (a plain paragraph would break a JSON
+log stream)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ def public_urls(settings: Settings) -> list[tuple[str, str, str]]:
     return [
         ("voice_webhook", "A call comes in (Webhook, HTTP POST)", f"{base}/twilio/voice"),
         ("status_callback", "Call status changes (HTTP POST)", f"{base}/twilio/status"),
-        # The softphone page joins this list when it exists:
-        # ("softphone", "Call the bot from a browser", f"{base}/phone"),
     ]
+
+
+def softphone_urls(settings: Settings, host: str, port: int) -> list[str]:
+    """Where the softphone page is: on this machine (browsers give the microphone to http pages of
+    127.0.0.1 and localhost only), and under PHONEBOT_PUBLIC_URL from anywhere."""
+    local = listening_url("127.0.0.1" if host in EVERY_INTERFACE else host, port) + "/phone"
+    return [local] + ([f"{settings.public_url}/phone"] if settings.public_url else [])
 
 
 def listening_url(host: str, port: int) -> str:
@@ -38,6 +44,7 @@ def lines(settings: Settings, host: str, port: int) -> list[str]:
         reach = "every interface" if host in EVERY_INTERFACE else "this address only"
     out = [
         f"phonebot is listening on {listening_url(host, port)} ({reach}).",
+        "  " + _softphone(settings, softphone_urls(settings, host, port)),
         f"  Database: {status.where(settings.database_url)}",
     ]
     urls = public_urls(settings)
@@ -57,6 +64,12 @@ def lines(settings: Settings, host: str, port: int) -> list[str]:
     return out
 
 
+def _softphone(settings: Settings, urls: list[str]) -> str:
+    where = urls[0] if len(urls) == 1 else f"{urls[0]} on this machine, {urls[1]} from anywhere"
+    key = "it asks for PHONEBOT_API_KEY" if settings.api_key else "set PHONEBOT_API_KEY first: it asks for it"
+    return f"Call the bot from a browser: {where} ({key})."
+
+
 def show(settings: Settings, host: str, port: int, log_format: str) -> None:
     """Print the banner on a console, or log the same facts as events."""
     if log_format == "console":
@@ -64,6 +77,12 @@ def show(settings: Settings, host: str, port: int, log_format: str) -> None:
         return
     log = logs.get_logger("phonebot")
     urls = {key: url for key, _, url in public_urls(settings)}
-    log.info("serve.listening", url=listening_url(host, port), database=status.where(settings.database_url), **urls)
+    log.info(
+        "serve.listening",
+        url=listening_url(host, port),
+        softphone=softphone_urls(settings, host, port)[-1],
+        database=status.where(settings.database_url),
+        **urls,
+    )
     for problem in settings.problems():
         log.warning("settings.problem", variable=problem.variable, problem=problem.message, not_ready=problem.not_ready)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from phonebot import banner
+from phonebot.settings import Settings
 from tests.command import closed_port, environment
 from tests.conftest import API_KEY, AUTH_TOKEN
 
@@ -58,6 +60,7 @@ def test_with_no_settings_it_names_what_is_missing_and_serves_health_but_is_not_
     with serve_on_a_terminal(tmp_path, environment(tmp_path)) as (url, screen):
         assert f"phonebot is listening on {url} (this machine only; a container needs --host 0.0.0.0)." in screen
         assert url.startswith("http://127.0.0.1:")
+        assert f"  Call the bot from a browser: {url}/phone (set PHONEBOT_API_KEY first: it asks for it).\n" in screen
         assert f"  Database: SQLite file {tmp_path}/phonebot.db\n" in screen
         assert "Set PHONEBOT_PUBLIC_URL (your tunnel's or server's https URL) to see what to paste" in screen
         banner = screen[screen.index("Not ready for calls yet:") :].splitlines()
@@ -91,6 +94,8 @@ def test_with_settings_it_says_what_to_paste_into_twilio_and_is_ready(tmp_path: 
         DATABASE_URL="sqlite:///data/calls.db",
     )
     with serve_on_a_terminal(tmp_path, env) as (url, screen):
+        softphone = f"{url}/phone on this machine, https://bot.example.test/phone from anywhere"
+        assert f"  Call the bot from a browser: {softphone} (set PHONEBOT_API_KEY first: it asks for it).\n" in screen
         assert screen.endswith(
             f"  Database: SQLite file {tmp_path}/data/calls.db\n"
             "  In the Twilio console, on your number:\n"
@@ -132,7 +137,16 @@ def test_without_a_terminal_the_same_facts_are_log_events(tmp_path: Path) -> Non
     events = [json.loads(line) for line in stderr.splitlines()]  # every line: JSON
     (listening,) = [event for event in events if event["event"] == "serve.listening"]
     assert listening["url"] == f"http://127.0.0.1:{port}"
+    assert listening["softphone"] == f"http://127.0.0.1:{port}/phone"
     assert listening["database"] == f"SQLite file {tmp_path}/phonebot.db"
     missing = ("GOOGLE_API_KEY", "PHONEBOT_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
     problems = [event for event in events if event["event"] == "settings.problem"]
     assert [(event["variable"], event["not_ready"]) for event in problems] == [(name, True) for name in missing]
+
+
+def test_the_softphone_is_where_a_browser_on_this_machine_reaches_it() -> None:
+    settings = Settings(api_key="k" * 32, public_url=None)
+    assert banner.softphone_urls(settings, "0.0.0.0", 8000) == ["http://127.0.0.1:8000/phone"]
+    assert banner.softphone_urls(settings, "::1", 8000) == ["http://[::1]:8000/phone"]
+    line = banner.lines(settings, "127.0.0.1", 8000)[1]
+    assert line == "  Call the bot from a browser: http://127.0.0.1:8000/phone (it asks for PHONEBOT_API_KEY)."

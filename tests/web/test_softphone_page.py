@@ -272,6 +272,7 @@ async def test_a_call_from_the_page(
     events = await wait_for_tap_event(page, "cleared")
     clear = await wait_for_tap_event(page, "clear")
     figures["clear: model interrupted -> page got clear (ms)"] = round(clear["at"] - sent_at, 1)
+    figures["clear: page got clear -> worklet emptied, told the page (ms)"] = round(events["at"] - clear["at"], 1)
     figures["clear: model interrupted -> silent at the speaker (ms)"] = round(events["output"] - sent_at, 1)
     assert events["dropped"] > 44100 and events["output"] - sent_at < 100, figures
     await asyncio.sleep(0.3)
