@@ -239,6 +239,11 @@ async def test_a_call_from_the_page(
     await session.send_output_transcription(" How can I help you today?")
     await session.send_turn_complete()
     ledger = service.calls.active[call_sid].playback
+    async with asyncio.timeout(10):
+        while not ledger.turns or ledger.turns[0].heard_ms < 1000:
+            await asyncio.sleep(0.01)
+    # All of it went to the page at once; marks come back as it plays, not as it arrives.
+    assert ledger.turns[0].sent_ms - ledger.turns[0].heard_ms > 2000
     async with asyncio.timeout(15):  # every mark echoed as played: the page has played it all
         while not (ledger.turns and ledger.turns[0].finished and ledger.turns[0].heard_ms == ledger.turns[0].sent_ms):
             await asyncio.sleep(0.05)
