@@ -15,6 +15,8 @@ TWILIO_ONLY = (
     "phonebot.telephony.voice",
     "phonebot.telephony.status",
     "phonebot.telephony.twilio_media",
+    "phonebot.telephony.amd",
+    "phonebot.outbound",
 )
 
 

@@ -59,9 +59,9 @@ PAGE_HEADERS = {
     "permissions-policy": "microphone=(self)",
     "cache-control": "no-cache",
 }
-TURNED_AWAY = {
-    Refusal.FULL: (429, "All lines are busy right now; try again in a few minutes."),
-    Refusal.DRAINING: (503, "This replica is shutting down; try again in a moment."),
+TURNED_AWAY = {  # status, what the page says, Retry-After (s): as POST /calls answers
+    Refusal.FULL: (429, "All lines are busy right now; try again in a few minutes.", 30),
+    Refusal.DRAINING: (503, "This replica is shutting down; try again in a moment.", 5),
 }
 
 
@@ -94,8 +94,10 @@ def start_call(settings: Settings, store: CallStore, calls: Calls) -> Callable[[
         info = CallInfo("WC" + secrets.token_hex(16), direction="web")
         structlog.contextvars.bind_contextvars(call_sid=info.call_sid)
         if (turned := calls.admit(info, stream_within_s=TOKEN_TTL_S, early=False)) is not None:
-            status, message = TURNED_AWAY[turned]
-            return error_response(status, turned.value, message)
+            status, message, retry_after = TURNED_AWAY[turned]
+            response = error_response(status, turned.value, message)
+            response.headers["retry-after"] = str(retry_after)
+            return response
         expires_at = datetime.now(UTC) + timedelta(seconds=TOKEN_TTL_S)  # the stored expiry is a moment later
         try:
             await store.add(info.call_sid, info.direction, info.from_number, info.to_number)

@@ -225,7 +225,7 @@ async def test_web_calls_count_against_the_cap_and_are_turned_away_when_full_or_
 ) -> None:
     assert (await post_web_call(service)).status_code == 201
     full = await post_web_call(service)
-    assert full.status_code == 429 and full.json()["error"]["code"] == "full"
+    assert full.status_code == 429 and full.json()["error"]["code"] == "full" and full.headers["retry-after"] == "30"
     service.calls.admission.drain()
     draining = await post_web_call(service)
     assert draining.status_code == 503 and draining.json()["error"]["code"] == "draining"
