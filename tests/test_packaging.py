@@ -48,6 +48,9 @@ def test_a_wheel_built_with_the_oldest_setuptools_installs_and_runs(tmp_path: Pa
         metadata = archive.read(next(name for name in names if name.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+    # The softphone page is package data: every file of it, served from the installed package.
+    static = ROOT / "phonebot" / "web" / "static"
+    assert {f"phonebot/web/static/{path.name}" for path in static.iterdir()} <= set(names)
 
     # With its dependencies as declared: an import the package does not declare fails here.
     runner = fresh_venv(tmp_path / "run-venv")
