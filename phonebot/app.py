@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from phonebot import api, errors, metrics
+from phonebot import api, errors, metrics, siblings
 from phonebot.business import Business, BusinessFileError, load_business
 from phonebot.call.calls import Calls
 from phonebot.call.handoff import Handoff
@@ -44,6 +45,9 @@ from phonebot.tools.spec import ToolFunction, ToolSpec
 from phonebot.web import softphone
 from phonebot.web.live import LiveView
 from phonebot.webhook import SETTLE_S, Deliveries
+
+if TYPE_CHECKING:
+    from phonebot.workers import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +79,12 @@ async def _make_ready(engine: AsyncEngine) -> bool:
 
 
 def build_app(
-    settings: Settings, connector: ModelConnector | None = None, tools: list[ToolSpec] | None = None
+    settings: Settings,
+    connector: ModelConnector | None = None,
+    tools: list[ToolSpec] | None = None,
+    worker: Worker | None = None,
 ) -> Starlette:
+    """The service; `worker`: it is one of several worker processes of a replica (`workers.py`)."""
     tools = tool_specs(settings) if tools is None else tools
     loaded = _business(settings)
     business = loaded if isinstance(loaded, Business) else None
@@ -96,8 +104,13 @@ def build_app(
     # One engine for everything the service keeps (calls, stream tokens, bookings, records): one pool.
     engine = make_engine(settings.database_url)
     liveness = Liveness(engine)  # this process, as the calls it runs name it
-    store = CallStore(engine, liveness.instance)
+    tag = siblings.token_tag(worker.index) if worker else ""
+    store = CallStore(engine, liveness.instance, token_tag=tag)
     handoff = Handoff(calls, store)  # calls heard of here whose stream another replica took
+    if worker is not None:  # one replica, several processes: one cap, and news of calls between them
+        calls.admission.tally = worker.tally
+        calls.announce = lambda call_sid: worker.siblings.tell(siblings.STREAMING, call_sid)
+        worker.siblings.notices = {siblings.STREAMING: calls.elsewhere, siblings.ENDED: calls.ended}
     readiness = Readiness(problems, engine, calls.admission)
     # Call records: written as calls go, finalised if their process died, reported by webhook.
     deliveries = Deliveries(settings, Outbox(engine, liveness.instance), liveness)
@@ -114,6 +127,8 @@ def build_app(
     async def call_status(update: CallStatus) -> bool:
         if update.status in ENDED:
             await calls.ended(update.call_sid)  # at once, whatever the database says
+            if worker is not None:  # its early session may be in another worker
+                worker.siblings.tell(siblings.ENDED, update.call_sid)
         try:
             await recorder.status(update.call_sid, update.status, update.answered_by)
         except SQLAlchemyError as error:

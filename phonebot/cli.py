@@ -8,7 +8,9 @@ import gc
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import structlog
 from pydantic import ValidationError
 
 from phonebot import banner, logs
@@ -19,6 +21,9 @@ GC_YOUNG_THRESHOLD = 20_000
 # machine reaches it there, and nothing else on a laptop's network can; a container passes
 # `--host 0.0.0.0` (the image does).
 DEFAULT_HOST = "127.0.0.1"
+
+if TYPE_CHECKING:
+    from phonebot.workers import Worker
 
 
 def _settings() -> Settings:
@@ -32,23 +37,49 @@ def _settings() -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from phonebot import workers
+
+    count = workers.available_cores() if args.workers is None else args.workers
+    if count == 1:
+        return serve_process(args.host, args.port)
+    settings = _settings()  # checked once here: a worker would fail the same way
+    log_format = logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
+    try:
+        supervisor = workers.Supervisor(count, args.host, args.port)
+    except OSError as error:
+        print(f"phonebot serve: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return supervisor.run(lambda host, port: banner.show(settings, host, port, log_format))
+
+
+def serve_process(host: str, port: int, worker: Worker | None = None) -> int:
+    """One process serving calls: the whole service, or one of its workers (`worker`)."""
     import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from phonebot.app import build_app
     from phonebot.server import DrainingServer
     from phonebot.serving import uvicorn_options
+    from phonebot.siblings import handing_protocol
 
     settings = _settings()
     log_format = logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_values())
-    app = build_app(settings)
+    if worker is not None:  # every line says which worker wrote it
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+    app = build_app(settings, worker=worker)
     # Audio frames make many short-lived objects and no cycles: collect the young generation
     # far less often, and keep the long-lived startup objects out of every collection, so the
     # collector's pauses stay out of the calls' latency.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    options = uvicorn_options(settings)
+    if worker is not None:  # a stream for another worker's call goes to that worker
+        options["http"] = handing_protocol(options.get("http", HttpToolsProtocol), worker.siblings)
+    config = uvicorn.Config(app, host=host, port=port, **options)
     # SIGTERM/SIGINT drain the calls first (server.py); the process exits 0 once they have ended.
-    config = uvicorn.Config(app, host=args.host, port=args.port, **uvicorn_options(settings))
-    DrainingServer(config, app.state.drain, lambda host, port: banner.show(settings, host, port, log_format)).run()
+    # A worker leaves the banner to its parent, which shows it once they all serve.
+    listening = None if worker else lambda host, port: banner.show(settings, host, port, log_format)
+    DrainingServer(config, app.state.drain, listening, worker).run()
     return 0
 
 
@@ -170,6 +201,13 @@ def db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phonebot", description="Phone calls answered by Gemini Live.")
     parser.add_argument("--version", action="version", version=f"phonebot {version('phonebot')}")
@@ -178,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd = commands.add_parser("serve", help="run the service")
     serve_cmd.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument(
+        "--workers", type=_positive, metavar="N", help="processes serving calls on the port (default: the cores)"
+    )
     serve_cmd.set_defaults(func=serve)
 
     doctor_cmd = commands.add_parser("doctor", help="check the settings and say what is missing or wrong")

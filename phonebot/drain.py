@@ -10,7 +10,8 @@ call has ended, `finished` is set: the server shuts down and the process exits 0
 A second signal means "now": the calls are ended at once, without a goodbye (their records are
 still written), and the process exits 0 as soon as they have.
 
-Everything here is per process: each worker drains the calls it holds.
+Everything here is per process: each worker drains the calls it holds. Under `serve --workers N`
+the parent takes the signals and passes them on as `requested()` (`workers.py`).
 """
 
 from __future__ import annotations
@@ -47,15 +48,28 @@ class Drain:
 
     def begin(self, signum: int = signal.SIGTERM) -> None:
         """The signal handler: the first signal starts the drain, the next ends the calls at once."""
-        held = self._calls.admission.count
         name = signal.Signals(signum).name
         if self._task is not None:
-            log.warning("drain.hurry", signal=name, calls=held)
-            self._hurry.set()
-            return
-        log.info("drain.started", signal=name, calls=held, drain_s=self._drain_s)
+            self._hurry_up(name)
+        else:
+            self._start(name)
+
+    def requested(self, hurry: bool, cause: str = "parent") -> None:
+        """The drain asked for as a state (by a worker's parent): started if it has not, and with
+        `hurry` the calls ended at once; asking again for what is under way changes nothing."""
+        if self._task is None:
+            self._start(cause)
+        if hurry and not self._hurry.is_set():
+            self._hurry_up(cause)
+
+    def _start(self, cause: str) -> None:
+        log.info("drain.started", signal=cause, calls=self._calls.admission.count, drain_s=self._drain_s)
         self._calls.admission.drain()
         self._task = asyncio.create_task(self._run(), name="drain")
+
+    def _hurry_up(self, cause: str) -> None:
+        log.warning("drain.hurry", signal=cause, calls=self._calls.admission.count)
+        self._hurry.set()
 
     async def _run(self) -> None:
         try:

@@ -55,7 +55,7 @@ class Readiness:
         if admission.draining:
             reasons.append("draining: shutting down, taking no new calls")
         elif admission.full:
-            reasons.append(f"full: {admission.count} calls held, PHONEBOT_MAX_CALLS is {admission.max_calls}")
+            reasons.append(f"full: {admission.replica_count} calls held, PHONEBOT_MAX_CALLS is {admission.max_calls}")
         return reasons
 
     async def readyz(self, _request: Request) -> JSONResponse:
@@ -63,7 +63,7 @@ class Readiness:
         if reasons:
             message = f"not ready: {len(reasons)} reason(s)"
             return JSONResponse({"error": {"code": "not_ready", "message": message, "reasons": reasons}}, 503)
-        return JSONResponse({"ready": True, "active_calls": self._admission.count})
+        return JSONResponse({"ready": True, "active_calls": self._admission.replica_count})
 
 
 async def healthz(_request: Request) -> JSONResponse:

@@ -5,14 +5,22 @@ ended; a barge-in; a tool call; a reconnect; a webhook attempt), never per audio
 histogram's buckets fit its figure: barge-in in milliseconds, first audio in hundreds of
 milliseconds, tools from milliseconds to seconds, calls in minutes.
 
-One module, the process's default registry: prometheus-client's multiprocess mode (several
-workers, one `/metrics`) can be switched on here alone; the gauge says how it adds up then.
+One module, the process's default registry; under `serve --workers N`, prometheus-client's
+multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set by the parent before any worker starts): each
+worker writes its values to files there, and whichever worker answers `/metrics` reads them all,
+so a scrape sees the replica, not one process. Counters and histograms add up over every worker
+that ran (a replaced one's counts stay); the active-calls gauge adds up the live ones. Chosen over
+one port per worker: a replica stays one scrape target (one port in a pod, one upstream behind
+a proxy), and nothing changes for dashboards when the worker count does.
 """
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 
 disable_created_metrics()  # no `*_created` series beside every counter and histogram: noise on a dashboard
 
@@ -85,4 +93,12 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
     """Every metric, in the format the scraper's Accept header asks for (Prometheus text, or
     OpenMetrics); returns the body and its content type."""
     encode, content_type = choose_encoder(accept or "")
-    return encode(REGISTRY), content_type
+    return encode(_registry()), content_type
+
+
+def _registry() -> CollectorRegistry:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # every worker's files, read now
+    return registry

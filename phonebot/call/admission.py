@@ -9,6 +9,11 @@ replica, or came before a restart) is held from then on and never refused: the c
 already connected, and cutting them off would be worse than one call over the cap.
 
 While draining nothing new is admitted; the calls already held go on.
+
+PHONEBOT_MAX_CALLS is per replica, as its operators count: under `serve --workers N` each worker
+holds its own calls and publishes how many in a `Tally` the workers share, and the cap is checked
+against the replica's total. Two workers admitting at the very same moment may both see room for
+one call: the replica can go over by at most N-1 calls, never more, and never under.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import structlog
 
@@ -33,6 +39,14 @@ class Refusal(StrEnum):
     UNAVAILABLE = "unavailable"  # admitted, then the call could not be set up (its store was down)
 
 
+class Tally(Protocol):
+    """The calls the replica's workers hold, each worker writing its own count."""
+
+    def set(self, held: int) -> None: ...
+
+    def total(self) -> int: ...
+
+
 @dataclass(slots=True)
 class _Held:
     direction: Direction
@@ -40,8 +54,9 @@ class _Held:
 
 
 class Admission:
-    def __init__(self, max_calls: int) -> None:
+    def __init__(self, max_calls: int, tally: Tally | None = None) -> None:
         self.max_calls = max_calls
+        self.tally = tally  # the replica's count, when this process is one of its workers
         self.draining = False
         self._held: dict[str, _Held] = {}
         self._empty = asyncio.Event()
@@ -49,11 +64,17 @@ class Admission:
 
     @property
     def count(self) -> int:
+        """Calls this process holds."""
         return len(self._held)
 
     @property
+    def replica_count(self) -> int:
+        """Calls the replica holds: this process's, and its sibling workers'."""
+        return len(self._held) if self.tally is None else self.tally.total()
+
+    @property
     def full(self) -> bool:
-        return len(self._held) >= self.max_calls
+        return self.replica_count >= self.max_calls
 
     def __contains__(self, call_sid: str) -> bool:
         return call_sid in self._held
@@ -66,21 +87,24 @@ class Admission:
         refusal = Refusal.DRAINING if self.draining else Refusal.FULL if self.full else None
         if refusal is not None:
             metrics.CALLS_REFUSED.labels(refusal).inc()
-            log.warning("call.refused", call_sid=call_sid, reason=refusal, held=len(self._held))
+            log.warning("call.refused", call_sid=call_sid, reason=refusal, held=self.replica_count)
             return refusal
         held = _Held(direction, None)
         held.expiry = asyncio.get_running_loop().call_later(stream_within_s, self._expire, held)
         self._hold(call_sid, held)
         return None
 
-    def streaming(self, call_sid: str, direction: Direction) -> None:
-        """The call's stream started: it is held until `release`, admitted here or not."""
+    def streaming(self, call_sid: str, direction: Direction) -> bool:
+        """The call's stream started: it is held until `release`, admitted here or not. Whether it
+        was admitted here."""
         held = self._held.get(call_sid)
         if held is None:
             self._hold(call_sid, _Held(direction, None))
-        elif held.expiry is not None:
+            return False
+        if held.expiry is not None:
             held.expiry.cancel()
             held.expiry = None
+        return True
 
     def waiting(self) -> list[str]:
         """The calls held whose stream has not started here (yet)."""
@@ -104,6 +128,8 @@ class Admission:
         if held.expiry is not None:
             held.expiry.cancel()
         metrics.CALLS_ACTIVE.dec()
+        if self.tally is not None:
+            self.tally.set(len(self._held))
         if refused is not None:
             metrics.CALLS_REFUSED.labels(refused).inc()
         if not self._held:
@@ -121,6 +147,8 @@ class Admission:
         self._held[call_sid] = held
         self._empty.clear()
         metrics.CALLS_ACTIVE.inc()
+        if self.tally is not None:
+            self.tally.set(len(self._held))
 
     def _expire(self, held: _Held) -> None:
         """Its stream never started: let its place go (found by identity: it may have been renamed)."""

@@ -5,7 +5,9 @@ the Live session (and asking for the greeting) at the webhook hides the model's 
 and setup time inside that second, so the greeting is ready when the stream starts.
 A stream that finds no early session (another replica took the webhook, or none was
 made) opens one itself; the replica that took the webhook then lets its early session and
-the call's place go (`handoff.py`).
+the call's place go (`handoff.py`). Under `serve --workers N` a stream is handed to the worker
+that took its webhook (`phonebot.siblings`); one that could not be tells the other workers at once
+(`announce`), and the one holding the call lets it go (`elsewhere`).
 
 An outbound call's session opens once Twilio has created the call, while the phone rings, and
 waits up to `stream_within_s` (the ring) for the callee to answer; the greeting is ready by then.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,8 @@ class Calls:
         self._early: dict[str, _Early] = {}
         self.active: dict[str, CallSession] = {}
         self.admission = Admission(max_calls)
+        # Told the call_sid of a stream that started here though its call was not admitted here.
+        self.announce: Callable[[str], None] | None = None
         self._goodbye: str | None = None  # the service is stopping: what every call is asked to say
         self._discarding: set[asyncio.Task[None]] = set()
         metrics.known_labels(tuple(Refusal), (*self._tools, metrics.UNKNOWN_TOOL))
@@ -108,7 +112,8 @@ class Calls:
     async def run(self, caller: CallerPort) -> EndReason:
         """Run a call whose stream has started, until it ends. Returns the end reason."""
         info = caller.info
-        self.admission.streaming(info.call_sid, info.direction)
+        if not self.admission.streaming(info.call_sid, info.direction) and self.announce is not None:
+            self.announce(info.call_sid)
         started, reason = time.monotonic(), EndReason.SHUTDOWN  # unless it ends otherwise
         with structlog.contextvars.bound_contextvars(call_sid=info.call_sid):
             try:
@@ -200,6 +205,8 @@ class Calls:
         replica heard): unless its stream has started here meanwhile, its place and early session go."""
         if call_sid in self.active or self.admission.is_streaming(call_sid):
             return
+        if call_sid not in self.admission and call_sid not in self._early:
+            return  # not ours (news for every worker of the replica)
         log.info("call.streaming_elsewhere", call_sid=call_sid, early_session=call_sid in self._early)
         await self.release(call_sid)
 

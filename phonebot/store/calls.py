@@ -80,10 +80,13 @@ def _now() -> datetime:
 
 
 class CallStore:
-    def __init__(self, engine: AsyncEngine, instance: str | None = None) -> None:
-        """`instance`: this process (`store/liveness.py`), written on the streams it claims."""
+    def __init__(self, engine: AsyncEngine, instance: str | None = None, token_tag: str = "") -> None:
+        """`instance`: this process (`store/liveness.py`), written on the streams it claims.
+        `token_tag` ends every token issued here: under `serve --workers N`, which worker the call's
+        stream belongs to (`phonebot.siblings`); part of the token, so hashed and checked with it."""
         self.engine = engine
         self.instance = instance
+        self.token_tag = token_tag
 
     async def add(self, call_sid: str, direction: str, from_number: str, to_number: str) -> bool:
         """Record a call; False if it was already recorded (Twilio retried its webhook): kept as first said."""
@@ -163,7 +166,7 @@ class CallStore:
         """A new token for the call's stream URL, good for `ttl_s` (minutes: the stream of an inbound
         call comes a second after its webhook; an outbound call's once it is answered). Without a
         call_sid (an outbound call Twilio has not named yet) it lets nothing in until `bind_token()`."""
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(32) + self.token_tag
         now = _now()
         async with self.engine.begin() as connection:
             await connection.execute(delete(stream_tokens).where(stream_tokens.c.expires_at < now - KEEP_EXPIRED))
