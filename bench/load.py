@@ -3,19 +3,23 @@
     python -m bench.load [--calls 10,50,100] [--seconds 10] [--profile] [--target URL]
     python -m bench.load --target http://127.0.0.1:8766 --pid PID --health-path none --voice-path /
 
-For each step N it starts the service (`python -m phonebot serve`, one uvicorn worker) on a
-fresh port, makes one warm-up call, then ramps up N callers and measures a window of `--seconds`
-in steady state. Steps go up (10, 50, 100, 200, 400, then doubling) until the p99 added latency
-of either direction passes 20 ms, a frame is lost, a call fails, or the load generator itself
-runs out of CPU; it prints a table and writes JSON to bench/results/.
+For each step N it starts the service (`python -m phonebot serve --workers 1`: one core, unless
+`--workers`) on a fresh port, makes one warm-up call, then ramps up N callers and measures a
+window of `--seconds` in steady state. Steps go up (10, 50, 100, 200, 400, then doubling) until
+the p99 added latency of either direction passes 20 ms, a frame is lost, a call fails, or the
+load generator itself runs out of CPU; it prints a table and writes JSON to bench/results/.
 
 One process (this one) runs the load generator and the fake Gemini Live model on one event loop:
 they share the monotonic clock and their records without any cross-process plumbing. Where the
-machine has two cores or more, the service is pinned to the first and this process (and py-spy)
-to the second. `--target` drives a service the bench did not start, phonebot or another bot;
-the bench still runs the fake model and prints the environment that service needs. Such a bot
-need not have phonebot's routes: `--health-path none` (a TCP connect says it is up),
-`--voice-path` (its Twilio voice webhook, or none: stream straight to `--media-path`).
+machine has two cores or more, a one-process service is pinned to the first and this process (and
+py-spy) to the second. `--workers N` measures the whole machine: N worker processes, nothing
+pinned, CPU and memory summed over them (on a machine this small the load generator shares
+the cores with them; its own CPU is reported beside).
+
+`--target` drives a service the bench did not start, phonebot or another bot; the bench still
+runs the fake model and prints the environment that service needs. Such a bot need not have
+phonebot's routes: `--health-path none` (a TCP connect says it is up), `--voice-path` (its
+Twilio voice webhook, or none: stream straight to `--media-path`).
 """
 
 from __future__ import annotations
@@ -71,11 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-going", action="store_true",
                         help="run every step even past one that fails (to compare bots at the same steps)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="phonebot serve --workers N: 1 (default) measures one core; N > 1 the whole machine,"
+                             " unpinned")
     parser.add_argument("--out", type=Path, help="JSON file to write (default: bench/results/load-<time>.json)")
     args = parser.parse_args(argv)
     args.steps = [int(n) for n in args.calls.split(",")] if args.calls else DEFAULT_STEPS
-    if any(n <= 0 for n in args.steps) or args.seconds <= 0 or args.ramp <= 0:
-        parser.error("--calls, --seconds and --ramp must be positive")
+    if any(n <= 0 for n in args.steps) or args.seconds <= 0 or args.ramp <= 0 or args.workers <= 0:
+        parser.error("--calls, --seconds, --ramp and --workers must be positive")
     if args.target and urlsplit(args.target).scheme not in ("http", "ws"):
         parser.error("--target must be http://host:port or ws://host:port (the callers speak plain ws)")
     args.health_path = None if args.health_path.lower() == "none" else args.health_path
@@ -121,7 +128,7 @@ def _env_lines(env: dict[str, str]) -> str:
 
 async def bench(args: argparse.Namespace) -> int:
     pinned = None
-    if not args.no_pin and len(CORES) >= 2:
+    if not args.no_pin and len(CORES) >= 2 and args.workers == 1:
         pinned = pin(0, {CORES[1]})
     tmp = tempfile.TemporaryDirectory(prefix="phonebot-bench-")
     workdir = Path(tmp.name)
@@ -150,9 +157,13 @@ async def bench(args: argparse.Namespace) -> int:
     elif pinned:
         print(f"pinned: service -> core {CORES[0]}; load generator + fake model (this process, pid {os.getpid()})"
               f" -> core {pinned}" + (", py-spy too" if args.profile else ""))
+    elif args.workers > 1:
+        print(f"the whole machine: {args.workers} workers, nothing pinned, on cores {CORES}; figures summed over"
+              " the workers; the load generator and fake model (this process) share these cores")
     else:
         print("not pinned: " + ("--no-pin" if args.no_pin else f"this machine allows cores {CORES}"))
     info["pinning"] = {"service": CORES[0], "loadgen_and_model": int(pinned)} if pinned and not args.target else None
+    info["workers"] = args.workers
 
     steps: list[dict] = []
     print(COLUMNS)
@@ -213,7 +224,7 @@ async def run_step(n: int, args: argparse.Namespace, model: FakeModel, env: dict
             raise SystemExit(f"{args.target} did not answer {what} within {args.target_wait:.0f} s")
         stats = ProcStats(args.pid) if args.pid else None
         return await Step(n, args, model, _line(args, host, port), stats, workdir).run()
-    service = Service(env, workdir, CORES[0] if pin_service else None)
+    service = Service(env, workdir, CORES[0] if pin_service else None, args.workers)
     try:
         await service.ready()
         core = CORES[0] if service.pinned else None

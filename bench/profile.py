@@ -71,7 +71,7 @@ async def record(pid: int, seconds: float, out: Path, rate: int = 200) -> asynci
         return None
     return await asyncio.create_subprocess_exec(
         exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-        "--nonblocking", "--format", "raw", "-o", str(out),
+        "--nonblocking", "--subprocesses", "--format", "raw", "-o", str(out),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
 

@@ -1,8 +1,9 @@
 """The service under test as a subprocess, and what /proc says about a process.
 
-`Service` starts `python -m phonebot serve` on 127.0.0.1 (one uvicorn worker) with the bench's
-settings, in a scratch working directory so that no `.env` or database of the checkout is used,
-and stops it again. `ProcStats` reads CPU time and RSS of any pid from /proc.
+`Service` starts `python -m phonebot serve --workers N` on 127.0.0.1 (one process by default)
+with the bench's settings, in a scratch working directory so that no `.env` or database of the
+checkout is used, and stops it again. `ProcStats` reads CPU time and RSS of any pid from /proc,
+with its child processes' (a parent and its workers are one service).
 """
 
 from __future__ import annotations
@@ -23,25 +24,47 @@ CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
 
 
 class ProcStats:
-    def __init__(self, pid: int) -> None:
+    """CPU and memory of a process and its children (a `serve --workers N` parent and its workers);
+    children that have exited no longer count."""
+
+    def __init__(self, pid: int, children: bool = True) -> None:
         self.pid = pid
+        self._children = children
+
+    def pids(self) -> list[int]:
+        found = [self.pid]
+        if self._children:
+            with contextlib.suppress(OSError):
+                for task in os.listdir(f"/proc/{self.pid}/task"):
+                    with open(f"/proc/{self.pid}/task/{task}/children", "rb") as f:
+                        found += [int(pid) for pid in f.read().split()]
+        return found
+
+    @property
+    def processes(self) -> int:
+        return len(self.pids())
 
     def cpu_s(self) -> float:
-        """utime + stime of all the process's threads, in seconds."""
+        """utime + stime of all the processes' threads, in seconds."""
         return sum(self.cpu_split_s())
 
     def cpu_split_s(self) -> tuple[float, float]:
         """(utime, stime): CPU in user space and in the kernel (syscalls, loopback TCP), seconds."""
-        with open(f"/proc/{self.pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of proc(5)
+        user = system = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+                user, system = user + int(fields[11]), system + int(fields[12])  # fields 14 and 15 of proc(5)
+        return user / CLK_TCK, system / CLK_TCK
 
     def rss_bytes(self) -> int:
-        with open(f"/proc/{self.pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
 
 
 def core_ticks() -> dict[int, tuple[int, int]]:
@@ -170,16 +193,27 @@ async def http_ok(host: str, port: int, path: str, timeout: float = 1.0) -> bool
         return False
 
 
-class Service:
-    """`python -m phonebot serve` on 127.0.0.1:port."""
+def listeners(port: int) -> int:
+    """Sockets listening on a TCP port of this machine (IPv4), whoever holds them: /proc/net/tcp."""
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    local = f":{port:04X}"
+    return sum(1 for row in rows if (fields := row.split())[1].endswith(local) and fields[3] == "0A")
 
-    def __init__(self, env: dict[str, str], workdir: Path, core: int | None) -> None:
+
+class Service:
+    """`python -m phonebot serve --workers N` on 127.0.0.1:port."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, core: int | None, workers: int = 1) -> None:
         self.port = free_port()
         self.pinned: str | None = None
         self._log = open(workdir / f"service-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
         base = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "DATABASE_URL")}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "phonebot", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "phonebot", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(workers)],
             env={**base, **env},
             cwd=workdir,
             stdout=self._log,
@@ -189,6 +223,7 @@ class Service:
             # Before the interpreter has started any thread, so every later thread inherits it.
             self.pinned = pin(self._proc.pid, {core})
         self.stats = ProcStats(self._proc.pid)
+        self.workers = workers
         self.log_path = Path(self._log.name)
 
     @property
@@ -196,11 +231,13 @@ class Service:
         return self._proc.pid
 
     async def ready(self, timeout: float = 30.0) -> None:
+        """Until /healthz answers and every worker listens (each has a socket of its own on the port)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"service exited ({self._proc.returncode}); see {self.log_path}")
-            if await http_ok("127.0.0.1", self.port, "/healthz"):
+            listening = self.workers == 1 or listeners(self.port) >= self.workers
+            if listening and await http_ok("127.0.0.1", self.port, "/healthz"):
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"service not ready after {timeout}s; see {self.log_path}")
@@ -210,13 +247,17 @@ class Service:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """SIGINT (uvicorn's graceful stop), then SIGKILL if it has not exited in time."""
+        """SIGINT (its drain: no call is left), then SIGKILL, workers first, if it has not exited in time."""
         if self._proc.poll() is None:
+            workers = self.stats.pids()[1:]
             self._proc.send_signal(signal.SIGINT)
             deadline = time.monotonic() + timeout
             while self._proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if self._proc.poll() is None:
+                for pid in workers:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 self._proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._proc.wait(5)

@@ -156,6 +156,7 @@ class Step:
         result = {"calls": self.n, "seconds": round(seconds, 3), "failed_calls": failed,
                   "sessions_matched_by": "caller number" if numbered else "dial order", **figures}
         result["service_cpu"] = _cpu(cpu0, cpu1, seconds, self.n)
+        result["service_processes"] = self.stats.processes if self.stats else None
         result["service_rss"] = _rss(rss0, rss1, self.n)
         result["loadgen_cpu_pct"] = round(100 * (me1 - me0) / seconds, 1)
         result["loadgen_loop_lag_ms"] = summary(lag.lags)
