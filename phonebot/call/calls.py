@@ -80,6 +80,7 @@ class Calls:
         # Told the call_sid of a stream that started here though its call was not admitted here.
         self.announce: Callable[[str], None] | None = None
         self._goodbye: str | None = None  # the service is stopping: what every call is asked to say
+        self._stopped = False  # the service is stopping now: every call ends at once
         self._discarding: set[asyncio.Task[None]] = set()
         metrics.known_labels(tuple(Refusal), (*self._tools, metrics.UNKNOWN_TOOL))
 
@@ -150,7 +151,9 @@ class Calls:
         self.active[info.call_sid] = session
         watching = self._watch_for_machines(session)
         try:
-            if self._goodbye is not None:  # its stream started while the service is stopping
+            if self._stopped:  # its stream started (or its model answered) after everything was stopped
+                session.stop()
+            elif self._goodbye is not None:  # its stream started while the service is stopping
                 await session.say_goodbye(self._goodbye, EndReason.SHUTDOWN)
             return await session.run()
         finally:
@@ -185,7 +188,9 @@ class Calls:
 
     async def stop(self) -> None:
         """End every call now (the service cannot wait any longer): sessions end as `shutdown`, records
-        and all; calls whose stream has not started are let go."""
+        and all, those still getting their model session as soon as they have it; calls whose
+        stream has not started are let go."""
+        self._stopped = True
         for session in self.active.values():
             session.stop()
         for call_sid in list(self._early):

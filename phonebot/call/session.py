@@ -102,6 +102,7 @@ class CallSession:
         self._after_speech: _AfterSpeech | None = None
         self._hung_up: EndReason | None = None  # we closed the line (`hang_up`), and why
         self._pumps: set[asyncio.Task[EndReason]] = set()
+        self._stopped = False
         self._first_audio = True  # no bot audio sent yet (for the first-audio metric)
         self.turns = TurnTaking(self.record.started, caller_silence_s)
         context = ToolContext(self.info.call_sid, self.info.caller_number, bookings=bookings, control=self)
@@ -118,6 +119,8 @@ class CallSession:
             asyncio.create_task(self._model_to_caller(), name=f"model->caller {self.info.call_sid}"),
             asyncio.create_task(self._watch(), name=f"turns {self.info.call_sid}"),
         }
+        if self._stopped:
+            self.stop()
         reason = EndReason.SHUTDOWN  # unless a pump ends first
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -231,7 +234,9 @@ class CallSession:
         self.record.cut_short(playing)
 
     def stop(self) -> None:
-        """End the call now: `run()` returns `shutdown`, with the record finished as usual."""
+        """End the call now (or as soon as it runs): `run()` returns `shutdown`, with the record
+        finished as usual."""
+        self._stopped = True
         for task in self._pumps:
             task.cancel()
 
