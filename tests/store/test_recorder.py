@@ -3,13 +3,14 @@ report queued; calls left behind by a dead process, or whose stream never came, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from phonebot.call.playback import Playback
@@ -120,3 +121,35 @@ async def test_a_record_is_written_as_the_call_goes_and_ended_once(engine: Async
     assert [turn["text"] for turn in stored["turns"]] == ["Hello.", "Hi, I'd like an appointment.", "Of course."]
     [body] = reports
     assert json.loads(body)["data"] == stored
+
+
+async def test_entries_arriving_together_are_written_in_few_transactions(engine: AsyncEngine) -> None:
+    """100 calls each finishing a turn every 20 ms for 1 s (5,000 entries): a transaction per entry
+    kept a database thread busy beside the calls' audio; coalesced, it is a few a second."""
+    commits = 0
+
+    def count(_connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(engine.sync_engine, "commit", count)
+    recorder = Recorder(engine, Liveness(engine), webhook=False)
+    recorder.start()
+    try:
+        records_ = [
+            CallRecord(CallInfo(f"CA{n:032d}", "+14155550123", "+14155550199"), Playback(8000), recorder)
+            for n in range(100)
+        ]
+        await asyncio.sleep(0.3)  # the calls' starts written
+        commits = 0
+        for step in range(50):
+            for record in records_:
+                record.said("caller" if step % 2 else "bot", f"turn {step}")
+            await asyncio.sleep(0.02)
+        await recorder.close(flush_s=5)
+    finally:
+        event.remove(engine.sync_engine, "commit", count)
+    assert commits <= 8, commits  # 1 s of turns, a write every COALESCE_S (0.25 s); was one per step at least (50)
+    async with engine.connect() as connection:
+        stored = await connection.scalar(select(func.count()).select_from(call_events))
+    assert stored == 100 * 49  # every finished turn (the last one of each call is still going)
