@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable
 from typing import Any, Literal
+
+import orjson
+import pybase64
 
 from phonebot.call.ports import (
     BotAudio,
@@ -49,7 +51,7 @@ _AUDIO_TAIL = '", "mime_type": "audio/pcm;rate=16000"}}}'
 
 def audio_message(pcm16k: bytes) -> str:
     """The SDK's `send_realtime_input(audio=Blob(pcm, "audio/pcm;rate=16000"))`, as it goes on the wire."""
-    return _AUDIO_HEAD + base64.urlsafe_b64encode(pcm16k).decode("ascii") + _AUDIO_TAIL
+    return _AUDIO_HEAD + pybase64.urlsafe_b64encode(pcm16k).decode("ascii") + _AUDIO_TAIL
 
 
 def parse(raw: str | bytes, skip: Skip = _ignore) -> list[ModelEvent]:
@@ -60,10 +62,9 @@ def parse(raw: str | bytes, skip: Skip = _ignore) -> list[ModelEvent]:
     rest of the message still counts. Raises ValueError only when the whole message is not a
     JSON object. Every event out of here has the types `ports` declares.
     """
-    try:
-        message = json.loads(raw)
-    except RecursionError:  # JSON nested thousands deep
-        raise ValueError("JSON nested too deep") from None
+    # orjson: a quarter of json.loads' time on an audio chunk. Its ValueError says "not JSON", also
+    # for JSON nested over 1024 deep (where json.loads would raise RecursionError).
+    message = orjson.loads(raw)
     if not isinstance(message, dict):
         raise ValueError(f"not a JSON object but {type(message).__name__}")
     events: list[ModelEvent] = []
@@ -173,6 +174,10 @@ _SECTIONS: tuple[tuple[str, Callable[[Any, list[ModelEvent], Skip], None]], ...]
 
 def _bytes(data: str) -> bytes:
     """Protobuf JSON bytes: standard base64, though the URL-safe alphabet is legal too."""
+    try:  # valid standard base64 (the model's audio): SIMD, a fifth of the stdlib's time
+        return pybase64.b64decode(data, validate=True)
+    except ValueError:
+        pass
     if "-" in data or "_" in data:
         return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
     return binascii.a2b_base64(data)
