@@ -203,6 +203,11 @@ class ModelConnection(ModelPort, Protocol):
 
     messages_sent: int
 
+    def send_audio_now(self, pcm: bytes) -> bool:
+        """Send caller audio at once if that needs no waiting (the connection open, its buffer not
+        full); whether it was sent. If not, `send_audio` it (which waits, or fails)."""
+        ...
+
 
 class ResumeRefused(Exception):
     """The model would not resume from the handle (expired or unknown)."""

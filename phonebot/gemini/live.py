@@ -15,7 +15,9 @@ import structlog
 from google import genai
 from google.genai import errors, types
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
+from phonebot import wsframe
 from phonebot.business import Business
 from phonebot.call.ports import (
     CallInfo,
@@ -27,6 +29,7 @@ from phonebot.call.ports import (
 from phonebot.gemini import wire
 from phonebot.gemini.capabilities import FALLBACK, Capabilities, capabilities
 from phonebot.gemini.config import call_context, history_content, live_config
+from phonebot.gemini.lane import Lane
 from phonebot.logs import Skipped
 from phonebot.settings import MissingSetting, Settings
 from phonebot.tools.spec import ToolSpec, offered
@@ -129,6 +132,7 @@ class LiveSession:
     ) -> None:
         self._session = session
         self._ws = session._ws  # the SDK keeps its websocket here; `wire` writes what the SDK would
+        self._lane = Lane.install(self._ws, int(KEEPALIVE["max_size"]))  # its messages read off it directly
         self._stack = stack
         self._capabilities = capabilities
         self._context = context  # what the system instructions say about this call
@@ -142,9 +146,18 @@ class LiveSession:
         complete = self._capabilities.history == "initial_history"
         await self._session.send_client_content(turns=history_content(history), turn_complete=complete)
 
-    async def send_audio(self, pcm: bytes) -> None:
+    def send_audio_now(self, pcm: bytes) -> bool:
+        ws = self._ws
+        if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
+            return False  # closing, or flow control: websockets' own send waits or raises
         self.messages_sent += 1
-        await self._ws.send(wire.audio_message(pcm))
+        ws.transport.write(wsframe.client_text(wire.audio_payload(pcm)))  # the frame websockets would write
+        return True
+
+    async def send_audio(self, pcm: bytes) -> None:
+        if not self.send_audio_now(pcm):
+            self.messages_sent += 1
+            await self._ws.send(wire.audio_message(pcm))
 
     async def send_text(self, text: str) -> None:
         # Realtime text on every model (see capabilities.py).
@@ -170,9 +183,12 @@ class LiveSession:
             await self._session.send_realtime_input(text=instructions_cue(instructions))
 
     async def events(self) -> AsyncGenerator[ModelEvent, None]:
+        lane = self._lane
         while True:
             try:
-                raw = await self._ws.recv(decode=False)
+                raw = await lane.next() if lane is not None else None
+                if raw is None:  # websockets reads the connection (closing, or something unusual)
+                    raw = await self._ws.recv(decode=False)
             except ConnectionClosed as closed:
                 code, reason = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (1006, "no close frame")
                 yield ModelClosed(code, reason)

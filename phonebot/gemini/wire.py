@@ -49,9 +49,17 @@ _AUDIO_HEAD = '{"realtime_input": {"audio": {"data": "'
 _AUDIO_TAIL = '", "mime_type": "audio/pcm;rate=16000"}}}'
 
 
+_AUDIO_HEAD_BYTES, _AUDIO_TAIL_BYTES = _AUDIO_HEAD.encode(), _AUDIO_TAIL.encode()
+
+
 def audio_message(pcm16k: bytes) -> str:
     """The SDK's `send_realtime_input(audio=Blob(pcm, "audio/pcm;rate=16000"))`, as it goes on the wire."""
     return _AUDIO_HEAD + pybase64.urlsafe_b64encode(pcm16k).decode("ascii") + _AUDIO_TAIL
+
+
+def audio_payload(pcm16k: bytes) -> bytes:
+    """`audio_message(pcm16k)`, UTF-8 encoded: a text frame's payload."""
+    return _AUDIO_HEAD_BYTES + pybase64.urlsafe_b64encode(pcm16k) + _AUDIO_TAIL_BYTES
 
 
 def parse(raw: str | bytes, skip: Skip = _ignore) -> list[ModelEvent]:

@@ -3,6 +3,7 @@ most that message, never the call. The good call measures that nothing it carrie
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from typing import Any
@@ -136,4 +137,26 @@ async def test_fuzz_many_malformed_model_messages_never_end_the_call(
             await session.send(message)
         await intact.both_ways(frames=5)
     assert FORM["CallSid"] in service.calls.active and not session.closed.is_set()
+    await call.stop()
+
+
+async def test_pings_and_a_message_in_fragments_reach_the_call(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    # The model's data frames are read off the connection by gemini/lane.py; a ping is answered by
+    # the SDK's websockets as ever, and a fragmented message hands the connection back to websockets.
+    call, session = await answer(service, gemini)
+    intact = Intact(call, session)
+    await intact.both_ways()
+    for _ in range(3):
+        await asyncio.wait_for(await session._ws.ping(), 5)  # the pong came back
+        await intact.both_ways()
+    text = json.dumps({"serverContent": {"outputTranscription": {"text": "Hello in three parts"}}})
+    await session._ws.send(iter([text[:10], text[10:30], text[30:]]))
+    await intact.both_ways()
+    await asyncio.wait_for(await session._ws.ping(), 5)
+    active = service.calls.active[FORM["CallSid"]]
+    heard = [("bot", "Hello in three parts")]
+    await wait_until(lambda: [(turn.role, turn.text) for turn in active.record.turns] == heard)
+    assert active.model.reconnects == 0 and not session.closed.is_set()
     await call.stop()
