@@ -12,7 +12,6 @@ the app gives uvicorn), a media payload here, before it is decoded.
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,8 +172,9 @@ def media(stream_sid: str, mulaw: bytes | bytearray) -> str:
 
 
 def mark(stream_sid: str, name: str) -> str:
-    return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+    # orjson, as for the media: json.dumps was 2% of the busy samples of `bench.frames --profile`.
+    return orjson.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}).decode()
 
 
 def clear(stream_sid: str) -> str:
-    return json.dumps({"event": "clear", "streamSid": stream_sid})
+    return orjson.dumps({"event": "clear", "streamSid": stream_sid}).decode()
