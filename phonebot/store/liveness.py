@@ -6,19 +6,25 @@ server drops it with the connection); on SQLite an `flock` on a file beside the 
 kernel drops it with the process). Another process that can take the lock knows its owner is
 gone: no heartbeat to tune, no clock to trust, and a restarted process knows at once.
 
-One case this cannot tell apart: a PostgreSQL connection lost while its process lives on (a
-network partition from the database). Its calls then look orphaned to the other replicas;
-such a process cannot record them anyway, and it takes its lock again as soon as it can.
+PostgreSQL also drops the lock of a process that lives on, whenever it drops its connection: a
+database restart or failover (every replica's at once), a network blip, a proxy's idle timeout.
+So a process checks its lock every `KEEP_S` and takes it again as soon as the database answers
+(`keep`), and a lock found free on PostgreSQL proves its owner dead only when it is still free
+`CONFIRM_S` later (`dead`): finalising a call is for good, and a live call's replica would then
+find its end refused. One case is still not told apart: a process cut off from the database for
+longer than that; its calls are finalised by the others (it cannot record them anyway).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import IO
 
@@ -26,9 +32,15 @@ import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from phonebot.logs import Skipped
 from phonebot.store.engine import lock_key
 
 log = structlog.get_logger(__name__)
+
+KEEP_S = 2.0  # PostgreSQL: how often a process makes sure it still holds its lock
+# PostgreSQL: how long a lock must stay free to prove its owner dead. Well past KEEP_S and a
+# reconnection (3 s connect timeout, store/engine.py), for a live owner to have taken it again.
+CONFIRM_S = 15.0
 
 
 def new_instance() -> str:
@@ -44,6 +56,9 @@ class Liveness:
         self._held: AsyncConnection | None = None  # PostgreSQL: the connection holding our lock
         self._file: IO[bytes] | None = None  # SQLite: our locked file
         self._folder = _lock_folder(engine)
+        self._holding = asyncio.Lock()  # one user of the lock's connection at a time
+        self._free_since: dict[str, float] = {}  # PostgreSQL: owners whose lock was found free, since when
+        self._dead: set[str] = set()  # owners proven dead (names are never reused)
 
     @property
     def holding(self) -> bool:
@@ -51,13 +66,49 @@ class Liveness:
 
     async def hold(self) -> None:
         """Take (or check, and take again) this process's lock. Raises if the database is out of reach."""
-        if self._postgres:
-            await self._hold_postgres()
-        elif self._file is None and self._folder is not None:
-            self._file = _lock(self._folder / _file_name(self.instance))
+        async with self._holding:
+            if self._postgres:
+                await self._hold_postgres()
+            elif self._file is None and self._folder is not None:
+                self._file = _lock(self._folder / _file_name(self.instance))
+
+    async def keep(self) -> None:
+        """Hold this process's lock until cancelled: taken now, and on PostgreSQL checked every
+        `KEEP_S` and taken again within that of the database dropping it (see the module's doc)."""
+        failures = Skipped(log, every_s=60.0)  # a database away: a line a minute
+        while True:
+            try:
+                await self.hold()
+            except Exception as error:  # noqa: BLE001 - out of reach: try again
+                failures.warning("liveness.not_held", error=repr(error))
+            else:
+                if not self._postgres:
+                    return  # a file lock is the kernel's: it goes only with the process
+            await asyncio.sleep(KEEP_S)
+
+    async def dead(self, instance: str) -> bool:
+        """Whether the process that wrote `instance` is gone for sure, so that its calls may be
+        finalised: its lock is free and, on PostgreSQL, was free `CONFIRM_S` ago already (the
+        caller looks again then; `suspected` says whom to look at again)."""
+        if await self.alive(instance):
+            self._free_since.pop(instance, None)
+            return False
+        if not self._postgres or instance in self._dead:
+            return True
+        now = time.monotonic()
+        if now - self._free_since.setdefault(instance, now) < CONFIRM_S:
+            return False
+        del self._free_since[instance]
+        self._dead.add(instance)
+        return True
+
+    def suspected(self, instance: str) -> bool:
+        """Whether `instance`'s lock was found free but its death is not proven yet."""
+        return instance in self._free_since
 
     async def alive(self, instance: str) -> bool:
-        """Whether the process that wrote `instance` still runs."""
+        """Whether the process that wrote `instance` holds its lock now. On PostgreSQL a live
+        process may be without it for a moment (see `dead`)."""
         if instance == self.instance:
             return True
         if self._postgres:
@@ -69,6 +120,10 @@ class Liveness:
         return _locked(self._folder / _file_name(instance))
 
     async def release(self) -> None:
+        async with self._holding:
+            await self._release()
+
+    async def _release(self) -> None:
         if self._held is not None:
             held, self._held = self._held, None
             try:  # the connection goes back to the pool: the session's lock must not go with it

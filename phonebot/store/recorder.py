@@ -7,8 +7,9 @@ per turn on a call's own path. A call's end is written with its whole record (so
 a database outage are written then) and its webhook queued in the same transaction.
 
 It also finalises calls nobody will end: at start, then every `SWEEP_S`, it looks at calls not
-ended and ends those whose process has died (`service_restart`, see `liveness.py`), and those
-whose media stream never started (`no_stream`).
+ended and ends those whose process has died (`service_restart`, see `liveness.py`: on PostgreSQL
+that takes a second look, `CONFIRM_S` later), and those whose media stream never started
+(`no_stream`). For as long as it runs, it holds this process's own lock (`Liveness.keep`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from phonebot import metrics
 from phonebot.call.record import CallRecord, EndReason, Entry
+from phonebot.store import liveness as _liveness
 from phonebot.store import records
 from phonebot.store.engine import writing
 from phonebot.store.liveness import Liveness
@@ -109,6 +111,7 @@ class Recorder:
         self._written = asyncio.Event()  # set while nothing is waiting to be written
         self._written.set()
         self._live: set[str] = set()  # calls this process runs
+        self._second_look = False  # the last sweep found processes that may be dead: look again soon
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- RecordSink: called from the calls; each returns at once ----------------------------
@@ -138,6 +141,8 @@ class Recorder:
 
     def start(self) -> None:
         self._tasks = [
+            # First: on SQLite the lock is taken before the writer's first step names this process on a call.
+            asyncio.create_task(self.liveness.keep(), name="liveness"),
             asyncio.create_task(self._write_loop(), name="records writer"),
             asyncio.create_task(self._sweep_loop(), name="records sweeper"),
         ]
@@ -253,14 +258,14 @@ class Recorder:
                     log.info("records.finalised", calls=finished)
             except Exception as error:  # noqa: BLE001 - try again next round
                 log.error("records.sweep_failed", error=repr(error))
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(_liveness.CONFIRM_S if self._second_look else SWEEP_S)
 
     async def sweep(self) -> int:
         """End the calls whose process died or whose stream never started. Returns how many."""
         await self.liveness.hold()
         async with self.engine.connect() as connection:
             rows = await records.unfinished(connection)
-        now, verdicts, finished = _now(), dict[str, bool](), 0
+        now, dead, finished = _now(), dict[str, bool](), 0
         for row in rows:
             if row.call_sid in self._live or row.instance == self.liveness.instance:
                 continue  # ours: running, or its end is queued
@@ -269,14 +274,15 @@ class Recorder:
             elif row.instance is None:
                 reason = EndReason.SERVICE_RESTART if now - row.stream_started_at > UNCLAIMED_AFTER else None
             else:
-                if row.instance not in verdicts:
-                    verdicts[row.instance] = await self.liveness.alive(row.instance)
-                reason = None if verdicts[row.instance] else EndReason.SERVICE_RESTART
+                if row.instance not in dead:
+                    dead[row.instance] = await self.liveness.dead(row.instance)
+                reason = EndReason.SERVICE_RESTART if dead[row.instance] else None
             if reason is None:
                 continue
             if await self._finalise(row.call_sid, reason, row.stream_started_at or row.created_at):
                 metrics.CALLS.labels(row.direction, reason).inc()
                 finished += 1
+        self._second_look = any(self.liveness.suspected(instance) for instance in dead)
         if finished and self._webhook:
             self._on_queued()
         return finished

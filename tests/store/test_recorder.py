@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from phonebot.call.playback import Playback
 from phonebot.call.ports import CallInfo
 from phonebot.call.record import CallRecord, EndReason
-from phonebot.store import records
-from phonebot.store.engine import writing
+from phonebot.store import liveness, migrate, records
+from phonebot.store.engine import make_engine, writing
 from phonebot.store.liveness import Liveness
 from phonebot.store.recorder import Recorder
 from phonebot.store.tables import call_events, calls, webhook_outbox
@@ -63,7 +63,10 @@ async def ended(engine: AsyncEngine) -> dict[str, tuple[Any, ...]]:
         return {row.call_sid: (row.end_reason, row.ended_at, row.status) for row in rows}
 
 
-async def test_calls_nobody_will_end_are_finalised_and_reported(engine: AsyncEngine, recorder: Recorder) -> None:
+async def test_calls_nobody_will_end_are_finalised_and_reported(
+    engine: AsyncEngine, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(liveness, "CONFIRM_S", 0.5)
     dead, alive = Liveness(engine), Liveness(engine)
     await dead.hold()
     await alive.hold()
@@ -77,7 +80,13 @@ async def test_calls_nobody_will_end_are_finalised_and_reported(engine: AsyncEng
     await add_call(engine, "CAunclaimed-new", created=minute, started=timedelta(seconds=5), instance=None)
     await add_call(engine, "CAno-stream-old", created=20 * minute, started=None, instance=None)
     await add_call(engine, "CAno-stream-new", created=minute, started=None, instance=None)
-    assert await recorder.sweep() == 3
+    if engine.dialect.name == "postgresql":  # a free lock proves its owner dead once still free a while later
+        assert await recorder.sweep() == 2
+        assert "CAdead" not in await ended(engine)
+        await asyncio.sleep(liveness.CONFIRM_S)
+        assert await recorder.sweep() == 1
+    else:  # the kernel lets go of a file lock only with its process
+        assert await recorder.sweep() == 3
     finished = await ended(engine)
     assert {sid: (reason, status) for sid, (reason, _at, status) in finished.items()} == {
         "CAdead": ("service_restart", "pending"),
@@ -153,3 +162,54 @@ async def test_entries_arriving_together_are_written_in_few_transactions(engine:
     async with engine.connect() as connection:
         stored = await connection.scalar(select(func.count()).select_from(call_events))
     assert stored == 100 * 49  # every finished turn (the last one of each call is still going)
+
+
+async def test_a_process_whose_lock_the_database_dropped_keeps_its_calls(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL drops every session's advisory lock when it drops the session (a restart, a
+    failover, a network blip), live processes' included: a call running on one replica is not
+    finalised by another meanwhile, and is ended by its own replica with its own reason."""
+    monkeypatch.setattr(liveness, "KEEP_S", 0.1)
+    monkeypatch.setattr(liveness, "CONFIRM_S", 1.0)
+    engine = make_engine(postgres_url)
+    await migrate.upgrade(engine)
+    running = Recorder(engine, Liveness(engine), webhook=True)
+    other = Recorder(engine, Liveness(engine), webhook=True)
+    try:
+        running.start()
+        info = CallInfo("CA" + "8" * 32, "+14155550123", "+14155550199")
+        record = CallRecord(info, Playback(8000), running)
+        record.said("bot", "Hello.")
+        record.said("caller", "Hi.")
+        async with asyncio.timeout(5):
+            while not await _named(engine, info.call_sid, running.liveness.instance):
+                await asyncio.sleep(0.02)
+        # The database drops every session but this one, as a restart does.
+        async with engine.connect() as connection:
+            await connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        assert await other.sweep() == 0  # the running replica may not have its lock back yet
+        await asyncio.sleep(liveness.CONFIRM_S)
+        assert await other.sweep() == 0  # it has: it lives
+        assert await other.liveness.alive(running.liveness.instance)
+        record.end(EndReason.CALLER_HUNG_UP)
+        await running.close(flush_s=5)
+        async with engine.connect() as connection:
+            stored = await records.load_report(connection, info.call_sid)
+            reports = (await connection.execute(select(webhook_outbox.c.body))).scalars().all()
+        assert stored is not None and stored["end_reason"] == "caller_hung_up"
+        assert [json.loads(body)["data"]["end_reason"] for body in reports] == ["caller_hung_up"]
+    finally:
+        await running.close(flush_s=0)
+        await other.close(flush_s=0)
+        await engine.dispose()
+
+
+async def _named(engine: AsyncEngine, call_sid: str, instance: str) -> bool:
+    async with engine.connect() as connection:
+        return await connection.scalar(select(calls.c.instance).where(calls.c.call_sid == call_sid)) == instance
