@@ -132,11 +132,13 @@ class Deliveries:
         if error is None:
             await self._outbox.delivered(event, now)
             outcome = Outcome.DELIVERED
-        elif now >= event.created_at + self._give_up:
+        elif event.attempted_at >= event.created_at + self._give_up:
+            # Given up after a try made at the give-up time (or later): a try that started before it
+            # is never the last, however long it took to fail.
             await self._outbox.failed(event, error)
             outcome = Outcome.FAILED
         else:
-            # The last try falls at the give-up time, not a backoff step past it.
+            # The last try falls at the give-up time, not a backoff step past it (at once if it has passed).
             delay = timedelta(seconds=retry_delay(event.attempts, retry_after))
             at = min(now + delay, event.created_at + self._give_up)
             await self._outbox.retry(event, at, error)

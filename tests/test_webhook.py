@@ -177,6 +177,24 @@ async def test_an_event_is_given_up_after_the_give_up_time_and_kept_as_failed(
     assert len(webhook_endpoint.received) == attempts  # and then no more
 
 
+async def test_a_try_that_fails_after_the_give_up_time_is_not_the_last(
+    engine: AsyncEngine,
+    webhook_endpoint: WebhookReceiver,
+    replicas: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(webhook, "DELIVERY_TIMEOUT_S", 3.0)
+    webhook_endpoint.answers = [500, 500]
+    webhook_endpoint.delays = [1.5]  # the first try, made within the give-up time, fails after it
+    await webhook_endpoint.up()
+    await finished_call(engine)
+    await replicas(give_up_s=1.0)
+    await wait_for_status(engine, "CA" + "5" * 32, "failed")
+    attempts, created_at, last = await outbox_row(engine, "CA" + "5" * 32, "attempts", "created_at", "last_attempt_at")
+    assert attempts == len(webhook_endpoint.received) == 2  # so one more, at once
+    assert (last - created_at).total_seconds() >= 1.0
+
+
 async def test_an_event_leased_by_a_process_that_died_is_taken_over_at_once(
     engine: AsyncEngine, webhook_endpoint: WebhookReceiver, replicas: Callable[..., Any]
 ) -> None:

@@ -33,6 +33,7 @@ class OutboxEvent:
     attempts: int  # including the one this claim is for
     created_at: datetime
     lease: str
+    attempted_at: datetime  # when this attempt was claimed (its last_attempt_at)
 
 
 class Outbox:
@@ -88,7 +89,7 @@ class Outbox:
         )
         async with writing(self.engine) as connection:
             rows = (await connection.execute(claim)).all()
-        return [OutboxEvent(row.id, row.call_sid, row.body, row.attempts, row.created_at, lease) for row in rows]
+        return [OutboxEvent(row.id, row.call_sid, row.body, row.attempts, row.created_at, lease, now) for row in rows]
 
     async def delivered(self, event: OutboxEvent, now: datetime) -> None:
         await self._settle(event, status=DELIVERED, delivered_at=now, last_error=None)
