@@ -43,6 +43,21 @@ async def slow_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
     return {"found": name}
 
 
+gates: dict[str, asyncio.Event] = {}  # held_lookup(name) answers once the test opens gates[name]
+
+
+async def held_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
+    """Look a name up, taking as long as the test wants.
+
+    Args:
+        name: The name to look up.
+    """
+    gate = gates.setdefault(name, asyncio.Event())
+    started_tools.append(name)
+    await gate.wait()
+    return {"found": name}
+
+
 @tool(non_blocking=True)
 async def background_check(ctx: ToolContext, name: str) -> dict[str, Any]:
     """Check a name in the background while you keep talking.
@@ -80,7 +95,7 @@ async def refuses(ctx: ToolContext) -> dict[str, Any]:
     raise ToolError("closed", "We are closed on Sundays.")
 
 
-TOOLS = [lookup, slow_lookup, background_check, stuck, stubborn, broken, refuses, control.end_call]
+TOOLS = [lookup, slow_lookup, held_lookup, background_check, stuck, stubborn, broken, refuses, control.end_call]
 
 
 @pytest.fixture
@@ -143,17 +158,23 @@ async def test_result_reaches_the_model_with_the_callers_number(service: Service
 async def test_audio_keeps_flowing_while_a_tool_works(service: Service, gemini: FakeLiveServer) -> None:
     call, session = await answer(service, gemini)
     await session.wait_for_text("Greet")
-    await call_tool(session, "slow", "slow_lookup", {"name": "Bob"})
-    started = time.monotonic()
-    # The caller keeps talking and the bot keeps speaking while the tool works.
+    started_tools.clear()
+    gates.pop("Bob", None)
+    await call_tool(session, "held", "held_lookup", {"name": "Bob"})
+    async with asyncio.timeout(5):
+        while "Bob" not in started_tools:
+            await asyncio.sleep(0.005)
+    # The caller keeps talking and the bot keeps speaking while the tool works: it answers only
+    # once let go, after the audio has gone through both ways (a bound in seconds would be the
+    # machine's speed, not whether audio waits for tools).
     bot = audio.tone(440, 24000, 0.2)
     await session.send_audio(bot)
     await call.send_audio(b"\xff" * 1600, realtime=False)
-    await session.wait_for_audio(4 * 1600, timeout=SLOW_TOOL_S)
-    await call.wait_for_audio(expected_mulaw_bytes(bot), timeout=SLOW_TOOL_S)
-    assert time.monotonic() - started < SLOW_TOOL_S
+    await session.wait_for_audio(4 * 1600)
+    await call.wait_for_audio(expected_mulaw_bytes(bot))
     assert not session.tool_responses
-    response = await wait_for_response(session, "slow")
+    gates["Bob"].set()
+    response = await wait_for_response(session, "held")
     assert response["response"] == {"found": "Bob"}
     await call.stop()
 
