@@ -31,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fakes.waiting import Changes
+from tests.timing import Instant
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = 0.02
@@ -81,7 +82,8 @@ class FakeTwilioCall:
         self.received_audio = bytearray()
         self.media_times: list[tuple[float, int]] = []
         self.marks_sent_back: list[str] = []
-        self.clears: list[float] = []
+        self.clears: list[float] = []  # time.monotonic() of each clear's arrival
+        self.clear_instants: list[Instant] = []  # the same, with the loop's wait for a CPU (tests/timing.py)
         self.messages: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.closed = asyncio.Event()
@@ -319,7 +321,9 @@ class FakeTwilioCall:
         self._marks_changed.set()
 
     async def _on_clear(self, message: dict[str, Any]) -> None:
-        now = time.monotonic()
+        instant = Instant.now()
+        now = instant.wall
+        self.clear_instants.append(instant)
         self._discarded_bytes += self._unplayed_bytes(now)
         self._play_end = now
         self.clears.append(now)
@@ -363,10 +367,14 @@ class FakeTwilioCall:
         await self._changes.wait_until(enough, timeout, f"{nbytes} bytes of audio")
 
     async def wait_for_clear(self, timeout: float = 5) -> float:
-        """Return the arrival time of the next clear not returned by an earlier call."""
+        """Return the arrival time (time.monotonic()) of the next clear not returned by an earlier call."""
+        return (await self.wait_for_clear_instant(timeout)).wall
+
+    async def wait_for_clear_instant(self, timeout: float = 5) -> Instant:
+        """The same, as an `Instant`: for a latency bound that holds on a loaded machine."""
         await self._changes.wait_until(lambda: len(self.clears) > self._consumed_clears, timeout, "a clear")
         self._consumed_clears += 1
-        return self.clears[self._consumed_clears - 1]
+        return self.clear_instants[self._consumed_clears - 1]
 
     def _first_unconsumed_mark(self, name: str | None) -> int | None:
         for index, echoed in enumerate(self.marks_sent_back):
