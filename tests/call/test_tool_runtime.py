@@ -17,7 +17,6 @@ from tests.conftest import Service
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.phone import FORM, answer, expected_mulaw_bytes
 
-SLOW_TOOL_S = 0.5
 STUBBORN_CLEANUP_S = 3.0
 started_tools: list[str] = []
 
@@ -32,18 +31,8 @@ async def lookup(ctx: ToolContext, name: str, count: int = 1) -> dict[str, Any]:
     return {"name": name, "count": count, "caller": ctx.caller_number}
 
 
-async def slow_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
-    """Look a name up, slowly.
-
-    Args:
-        name: The name to look up.
-    """
-    started_tools.append(name)
-    await asyncio.sleep(SLOW_TOOL_S)
-    return {"found": name}
-
-
 gates: dict[str, asyncio.Event] = {}  # held_lookup(name) answers once the test opens gates[name]
+cancelled_tools: list[str] = []  # the held_lookup calls that were cancelled
 
 
 async def held_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
@@ -54,7 +43,11 @@ async def held_lookup(ctx: ToolContext, name: str) -> dict[str, Any]:
     """
     gate = gates.setdefault(name, asyncio.Event())
     started_tools.append(name)
-    await gate.wait()
+    try:
+        await gate.wait()
+    except asyncio.CancelledError:
+        cancelled_tools.append(name)
+        raise
     return {"found": name}
 
 
@@ -95,7 +88,7 @@ async def refuses(ctx: ToolContext) -> dict[str, Any]:
     raise ToolError("closed", "We are closed on Sundays.")
 
 
-TOOLS = [lookup, slow_lookup, held_lookup, background_check, stuck, stubborn, broken, refuses, control.end_call]
+TOOLS = [lookup, held_lookup, background_check, stuck, stubborn, broken, refuses, control.end_call]
 
 
 @pytest.fixture
@@ -206,16 +199,26 @@ async def test_failures_become_error_results_and_the_call_goes_on(
 async def test_cancelled_calls_get_no_response(service: Service, gemini: FakeLiveServer) -> None:
     call, session = await answer(service, gemini)
     started_tools.clear()
-    await call_tool(session, "gone", "slow_lookup", {"name": "Cancelled"})
-    await call_tool(session, "kept", "slow_lookup", {"name": "Kept"})
-    async with asyncio.timeout(2):
+    cancelled_tools.clear()
+    for name in ("Cancelled", "Kept"):
+        gates.pop(name, None)
+    # Both tools work until the test lets them go (a sleeping tool raced the cancellation).
+    await call_tool(session, "gone", "held_lookup", {"name": "Cancelled"})
+    await call_tool(session, "kept", "held_lookup", {"name": "Kept"})
+    async with asyncio.timeout(5):
         while len(started_tools) < 2:
             await asyncio.sleep(0.005)
     await session.send_tool_call_cancellation(["gone"])
+    async with asyncio.timeout(5):  # the cancelled one is stopped...
+        while "Cancelled" not in cancelled_tools:
+            await asyncio.sleep(0.005)
+    gates["Cancelled"].set()
+    gates["Kept"].set()  # ...the other one finishes, and answers
     assert (await wait_for_response(session, "kept"))["response"] == {"found": "Kept"}
     await asyncio.sleep(0.1)
     ids = [r["id"] for m in session.tool_responses for r in m["functionResponses"]]
-    assert ids == ["kept"]
+    assert ids == ["kept"]  # nothing for the cancelled call, before or after
+    assert cancelled_tools == ["Cancelled"]
     await call.stop()
 
 
