@@ -33,7 +33,7 @@ def podman(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         require_tools()
     except PodmanError as error:
         pytest.fail(str(error))  # CI installs these: missing means broken, never skipped
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     home = Path(cache.mkdir("phonebot-podman")) if cache is not None else tmp_path_factory.mktemp("podman")
     return Podman(home)
 
