@@ -37,6 +37,8 @@ def serve_on_a_terminal(cwd: Path, env: dict[str, str]) -> Iterator[tuple[str, s
     )
     os.close(terminal)
     try:
+        # Up to the banner's last line: what follows (with several workers, the line saying they
+        # all serve) may come in the same read.
         screen = _read_until(controller, process, re.compile(r"(To fix: .*|sets them for you\.\))\r?\n"))
         url = re.search(r"phonebot is listening on (http://\S+) ", screen)
         assert url, screen
@@ -48,12 +50,13 @@ def serve_on_a_terminal(cwd: Path, env: dict[str, str]) -> Iterator[tuple[str, s
 
 
 def _read_until(controller: int, process: subprocess.Popen[bytes], end: re.Pattern[str]) -> str:
+    """What the terminal shows, up to the end of `end`'s first match."""
     screen, deadline = "", time.monotonic() + READY_WITHIN_S
-    while not end.search(screen):
+    while not (found := end.search(screen)):
         assert time.monotonic() < deadline and process.poll() is None, f"no banner; the terminal shows:\n{screen}"
         if select.select([controller], [], [], 0.2)[0]:
             screen += os.read(controller, 65536).decode(errors="replace")
-    return screen
+    return screen[: found.end()]
 
 
 def test_with_no_settings_it_names_what_is_missing_and_serves_health_but_is_not_ready(tmp_path: Path) -> None:
