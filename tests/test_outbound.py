@@ -6,6 +6,7 @@ Twilio's code and message, and nothing of it left behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import time
@@ -300,16 +301,27 @@ async def test_twilio_out_of_reach_is_a_503_and_leaves_nothing(
         await assert_nothing_left(service, gemini)
 
 
+async def rename_table(database: str, table: str, to: str) -> None:
+    """In a thread: on the event loop the service runs on, waiting for its lock would stop the
+    service's own transaction from ending (a deadlock, until SQLite's 5 s busy timeout)."""
+
+    def rename() -> None:
+        with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
+            connection.execute(f"ALTER TABLE {table} RENAME TO {to}")
+
+    await asyncio.to_thread(rename)
+
+
 async def test_a_call_twilio_made_but_the_database_could_not_record_is_hung_up(
     service: Service, gemini: FakeLiveServer, twilio_rest: FakeTwilioRest
 ) -> None:
-    twilio_rest.delay_s = 0.3
+    twilio_rest.held = asyncio.Event()  # Twilio answers once the database has failed
     request = asyncio.create_task(place(service, to=CALLEE))
     while not twilio_rest.received:
         await asyncio.sleep(0.01)
     database = service.settings.database_url.removeprefix("sqlite+aiosqlite:///")
-    with sqlite3.connect(database) as connection:  # the database fails while Twilio creates the call
-        connection.execute("ALTER TABLE calls RENAME TO calls_away")
+    await rename_table(database, "calls", "calls_away")  # the database fails while Twilio creates the call
+    twilio_rest.held.set()
     response = await request
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "database_unavailable"
@@ -318,8 +330,7 @@ async def test_a_call_twilio_made_but_the_database_could_not_record_is_hung_up(
     session = await gemini.next_session()  # it had started opening while the phone rang: closed again
     await asyncio.wait_for(session.closed.wait(), 2)
     assert service.calls.admission.count == 0
-    with sqlite3.connect(database) as connection:
-        connection.execute("ALTER TABLE calls_away RENAME TO calls")
+    await rename_table(database, "calls_away", "calls")
     assert await leftovers(service) == {"calls": 0, "tokens": 1}  # the token was never bound: it opens nothing
 
 

@@ -10,7 +10,7 @@ PhoneNumber and updating one (GET .../IncomingPhoneNumbers.json, POST
 account's Basic credentials, else 401 with Twilio's error 20003. Requests are recorded as
 (method, path, form); a created call's whole form, repeated fields included, is kept in `created`.
 For outage tests: `outage` answers every create with that error, `delay_s` holds each create's
-answer (after recording it in `received`).
+answer (after recording it in `received`), and so does `held` until the test sets it.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class FakeTwilioRest:
         self.received: list[CreatedCall] = []  # create requests as they arrive, before their answer
         self.outage: tuple[int, int, str] | None = None  # (status, code, message) for every create
         self.delay_s = 0.0
+        self.held: asyncio.Event | None = None  # when given, each create answers only once it is set
         self.calls: dict[str, dict[str, Any]] = {}  # resources by sid
 
     def add_number(self, phone_number: str, **fields: Any) -> dict[str, Any]:
@@ -159,6 +160,8 @@ class FakeTwilioRest:
         self.changed.set()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.held is not None:
+            await self.held.wait()
         to, from_ = (form.get(name, [""])[-1] for name in ("To", "From"))
         if self.outage is not None:
             return _error(*self.outage)
