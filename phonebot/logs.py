@@ -158,7 +158,10 @@ def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
+        # One write per line (print() makes two: the line, then its newline): the workers of one
+        # `serve --workers N` share its stderr, and unbuffered (PYTHONUNBUFFERED, as in the image)
+        # their lines were cut into each other, making JSON a log collector cannot read.
+        logger_factory=structlog.WriteLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(_Stderr())  # type: ignore[arg-type]

@@ -105,6 +105,37 @@ def test_library_chatter_is_debug_and_wire_dumps_are_never_shown(capsys: pytest.
     assert alembic["event"] == "Running upgrade  -> 0001" and alembic["level"] == "debug"
 
 
+class _Writes:
+    """A stderr that keeps each write() as it came (unbuffered, as under PYTHONUNBUFFERED)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_each_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers of `serve --workers N` share one stderr: a line written in pieces gets another
+    worker's line cut into it (seen: two JSON events on one line, neither readable)."""
+    stderr = _Writes()
+    monkeypatch.setattr("sys.stderr", stderr)
+    logs.configure("info", "json")
+    logs.get_logger("t").info("drain.started", worker=1)
+    logging.getLogger("uvicorn.error").warning("a library's line")
+    assert len(stderr.writes) == 2, stderr.writes
+    for text in stderr.writes:
+        assert text.endswith("\n") and text.count("\n") == 1, text
+        json.loads(text)
+
+
 def test_no_secret_is_in_the_settings_repr() -> None:
     from phonebot.settings import Settings
 
