@@ -20,7 +20,6 @@ An outbound call waits for answering-machine detection's verdict (`voicemail.py`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -248,6 +247,13 @@ class Calls:
             return
         early.expiry.cancel()
         early.task.cancel()
-        with contextlib.suppress(BaseException):
+        try:
             model = await early.task
             await model.close()
+        except asyncio.CancelledError:
+            # The session's own task, cancelled above; unless the task discarding it is being
+            # cancelled (a shutdown stopping the hand-off), which must stop, not carry on.
+            if (current := asyncio.current_task()) is not None and current.cancelling():
+                raise
+        except Exception:  # noqa: BLE001 - it failed to open, or to close: nothing left to let go
+            pass

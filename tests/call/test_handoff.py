@@ -4,6 +4,7 @@ database file. (tests/test_replicas.py has the stream reaching the other replica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -55,3 +56,28 @@ async def test_a_call_whose_stream_started_here_is_never_let_go(gemini: FakeLive
         await asyncio.sleep(0.1)
         assert not session.closed.is_set() and not call.closed.is_set()
         await call.stop()
+
+
+async def test_letting_a_call_go_stops_when_cancelled_by_a_shutdown(gemini: FakeLiveServer) -> None:
+    """The hand-off's poll, letting a call go while the replica shuts down, is cancelled by the
+    shutdown: it must stop then (closing the early session swallowed the cancellation, and the
+    shutdown waited for the hand-off for ever)."""
+    async with running(make_settings()) as service:
+        await dial(service)
+        await gemini.next_session()
+        early = service.calls._early[FORM["CallSid"]]
+        await asyncio.wait_for(asyncio.shield(early.task), 5)  # the early session is open
+        closing = asyncio.Event()
+
+        async def slow_close() -> None:  # a session slow to close, as a far-away model's may be
+            closing.set()
+            await asyncio.Event().wait()
+
+        early.task.result().close = slow_close
+        letting_go = asyncio.create_task(service.calls.elsewhere(FORM["CallSid"]))
+        await asyncio.wait_for(closing.wait(), 5)
+        letting_go.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(letting_go, 5)
+        assert letting_go.cancelled()
+        assert service.calls.admission.count == 0
