@@ -74,7 +74,7 @@ class Step:
                  stats: ProcStats | None, workdir: Path, service_core: int | None = None) -> None:
         self.n, self.args, self.model, self.line = n, args, model, line
         self.stats, self.workdir, self.service_core = stats, workdir, service_core
-        self.me = ProcStats(os.getpid())
+        self.me = ProcStats(os.getpid(), children=False)  # this process alone: the service is its child
 
     def caller(self, index: int) -> Caller:
         return Caller(index, self.line)
