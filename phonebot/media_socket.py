@@ -155,17 +155,9 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
                 raise _Fail(1002, f"invalid opcode: {opcode}")
             if not second & 0x80:
                 raise _Fail(1002, "incorrect masking")
-            length, at = second & 0x7F, pos + 2
-            if length == 126:
-                if end - at < 2:
-                    break
-                (length,) = struct.unpack_from("!H", buffer, at)
-                at += 2
-            elif length == 127:
-                if end - at < 8:
-                    break
-                (length,) = struct.unpack_from("!Q", buffer, at)
-                at += 8
+            if (header := wsframe.payload_length(buffer, pos)) is None:
+                break
+            length, at = header
             if self._fragment_size + length > max_size:  # before a byte of the payload is read
                 raise _Fail(1009, f"frame with {length} bytes exceeds limit of {max_size - self._fragment_size} bytes")
             if end - at < 4 + length:

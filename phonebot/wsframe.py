@@ -50,6 +50,21 @@ def _head(opcode: int, length: int, masked: int) -> bytes:
     return struct.pack("!BBQ", _FIN | opcode, masked | 127, length)
 
 
+def payload_length(buffer: bytes | bytearray, at: int) -> tuple[int, int] | None:
+    """The payload length of the frame whose header starts at `at` (its first two bytes are
+    there), and where the header's length field ends; None until the extended length is in."""
+    length, at = buffer[at + 1] & 0x7F, at + 2
+    if length == 126:
+        if len(buffer) - at < 2:
+            return None
+        return struct.unpack_from("!H", buffer, at)[0], at + 2
+    if length == 127:
+        if len(buffer) - at < 8:
+            return None
+        return struct.unpack_from("!Q", buffer, at)[0], at + 8
+    return length, at
+
+
 def client_text(payload: bytes) -> bytes:
     """A final text frame from a client: masked."""
     mask = _MASKS.next()

@@ -14,9 +14,10 @@ reserved bits) and everything after a close goes to websockets from there on, un
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 from typing import Any
+
+from phonebot import wsframe
 
 CONT, TEXT, BINARY, CLOSE = 0x0, 0x1, 0x2, 0x8
 MAX_QUEUED = 64  # messages read ahead of the call before the socket is left unread
@@ -93,17 +94,9 @@ class Lane(asyncio.Protocol):
         buffer, pos, end = self._buffer, 0, len(self._buffer)
         while end - pos >= 2:
             first, second = buffer[pos], buffer[pos + 1]
-            length, at = second & 0x7F, pos + 2
-            if length == 126:
-                if end - at < 2:
-                    break
-                (length,) = struct.unpack_from("!H", buffer, at)
-                at += 2
-            elif length == 127:
-                if end - at < 8:
-                    break
-                (length,) = struct.unpack_from("!Q", buffer, at)
-                at += 8
+            if (header := wsframe.payload_length(buffer, pos)) is None:
+                break
+            length, at = header
             opcode = first & 0x0F
             plain = first & 0xF0 == 0x80 and not second & 0x80  # final, no extension bits, unmasked
             if not plain or opcode == CONT or (opcode < CLOSE and self._max_size and length > self._max_size):
