@@ -23,7 +23,7 @@ from tests.call.test_reconnect import PCM16K_PER_FRAME, CallerStream
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.fakes.webhook_receiver import SECRET, WebhookReceiver, verify
-from tests.phone import another_caller, answer, expected_mulaw_bytes
+from tests.phone import another_caller, answer, expected_mulaw_bytes, greet
 from tests.served import Served, serve
 from tests.timing import CpuWaits
 
@@ -38,11 +38,8 @@ async def readiness(served: Served) -> httpx.Response:
 async def connected(served: Served, gemini: FakeLiveServer) -> tuple[FakeTwilioCall, FakeLiveSession]:
     """A call in progress: the greeting heard."""
     call, session = await answer(served, gemini)
-    await session.wait_for_text("Greet")
     greeting = audio.tone(440, 24000, 0.3)
-    await session.send_output_transcription("Hello, thank you for calling.")
-    await session.send_audio(greeting)
-    await session.send_turn_complete()
+    await greet(session, greeting)
     await call.wait_for_audio(expected_mulaw_bytes(greeting))
     return call, session
 

@@ -43,7 +43,7 @@ from tests.conftest import make_settings
 from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.fakes.webhook_receiver import SECRET, Received, WebhookReceiver, verify
-from tests.phone import FORM, Intact, dial, expected_mulaw_bytes
+from tests.phone import FORM, Intact, dial, expected_mulaw_bytes, greet
 from tests.served import Served, serve
 from tests.store.postgres import Cluster
 from tests.test_drain import FLOW_GAP_S
@@ -320,11 +320,8 @@ async def test_both_replicas_work_the_outbox_and_deliver_each_report_once(deploy
 async def test_sigterm_drains_one_replica_while_the_other_takes_the_calls(deployment: Deployment) -> None:
     d, held_form = deployment, inbound(12)
     call, session = await answer(d, d.a, held_form)
-    await session.wait_for_text("Greet")
     greeting = audio.tone(440, 24000, 0.3)
-    await session.send_output_transcription("Hello, thank you for calling.")
-    await session.send_audio(greeting)
-    await session.send_turn_complete()
+    await greet(session, greeting)
     await call.wait_for_audio(expected_mulaw_bytes(greeting))
     # Gaps are measured less the time the machine kept the test or either replica from a CPU (tests/timing.py).
     async with CpuWaits(d.a.process.pid, d.b.process.pid) as waits:

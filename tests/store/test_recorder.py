@@ -63,6 +63,14 @@ async def ended(engine: AsyncEngine) -> dict[str, tuple[Any, ...]]:
         return {row.call_sid: (row.end_reason, row.ended_at, row.status) for row in rows}
 
 
+async def report_and_outbox(engine: AsyncEngine, call_sid: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The call's report as the store gives it, and the bodies of every webhook queued."""
+    async with engine.connect() as connection:
+        stored = await records.load_report(connection, call_sid)
+        reports = (await connection.execute(select(webhook_outbox.c.body))).scalars().all()
+    return stored, list(reports)
+
+
 async def test_calls_nobody_will_end_are_finalised_and_reported(
     engine: AsyncEngine, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,9 +131,7 @@ async def test_a_record_is_written_as_the_call_goes_and_ended_once(engine: Async
     record.end(EndReason.BOT_ENDED)
     record.end(EndReason.ERROR)
     await recorder.close(flush_s=5)
-    async with engine.connect() as connection:
-        stored = await records.load_report(connection, info.call_sid)
-        reports = (await connection.execute(select(webhook_outbox.c.body))).scalars().all()
+    stored, reports = await report_and_outbox(engine, info.call_sid)
     assert stored is not None and stored["end_reason"] == "bot_ended"
     assert [turn["text"] for turn in stored["turns"]] == ["Hello.", "Hi, I'd like an appointment.", "Of course."]
     [body] = reports
@@ -199,9 +205,7 @@ async def test_a_process_whose_lock_the_database_dropped_keeps_its_calls(
         assert await other.liveness.alive(running.liveness.instance)
         record.end(EndReason.CALLER_HUNG_UP)
         await running.close(flush_s=5)
-        async with engine.connect() as connection:
-            stored = await records.load_report(connection, info.call_sid)
-            reports = (await connection.execute(select(webhook_outbox.c.body))).scalars().all()
+        stored, reports = await report_and_outbox(engine, info.call_sid)
         assert stored is not None and stored["end_reason"] == "caller_hung_up"
         assert [json.loads(body)["data"]["end_reason"] for body in reports] == ["caller_hung_up"]
     finally:
