@@ -155,6 +155,8 @@ class Step:
         seconds = window[1] - window[0]
         result = {"calls": self.n, "seconds": round(seconds, 3), "failed_calls": failed,
                   "sessions_matched_by": "caller number" if numbered else "dial order", **figures}
+        # CLOCK_MONOTONIC is the machine's: lines up the window with the service's own logs.
+        result["window_monotonic"] = [round(window[0], 3), round(window[1], 3)]
         result["service_cpu"] = _cpu(cpu0, cpu1, seconds, self.n)
         result["service_processes"] = self.stats.processes if self.stats else None
         result["service_rss"] = _rss(rss0, rss1, self.n)
