@@ -44,7 +44,17 @@ from phonebot.tools.spec import ToolSpec, offered
 # rings) holds its whole greeting unread until the call is answered; at websockets' default of 16
 # reading would pause mid-greeting, the pongs behind it would go unread, and the keepalive would
 # close the session ~30 s into the ringing. A greeting is a few hundred messages at most.
-KEEPALIVE = {"ping_interval": 10.0, "ping_timeout": 20.0, "close_timeout": 1.0, "max_size": 2**20, "max_queue": 1024}
+# compression: websockets offers permessage-deflate unless told not to, and a server that takes it
+# deflates every audio message: CPU both ways for a little bandwidth, and `lane.py` hands every
+# compressed frame back to websockets (as does the Twilio side: `ws_per_message_deflate` is off).
+KEEPALIVE = {
+    "ping_interval": 10.0,
+    "ping_timeout": 20.0,
+    "close_timeout": 1.0,
+    "max_size": 2**20,
+    "max_queue": 1024,
+    "compression": None,
+}
 # Close codes with which the service refuses a resumption handle (expired or unknown).
 _REFUSED = {1007, 1008}
 

@@ -160,3 +160,11 @@ async def test_pings_and_a_message_in_fragments_reach_the_call(
     await wait_until(lambda: [(turn.role, turn.text) for turn in active.record.turns] == heard)
     assert active.model.reconnects == 0 and not session.closed.is_set()
     await call.stop()
+
+
+async def test_the_model_link_offers_no_compression(service: Service, gemini: FakeLiveServer) -> None:
+    """A server that took permessage-deflate would deflate every audio message (CPU both ways, for
+    a little bandwidth) and take the link off `lane.py`; this fake would take it: it is not offered."""
+    call, session = await answer(service, gemini)
+    assert session.headers.get("Sec-WebSocket-Extensions") is None
+    await call.stop()
