@@ -77,6 +77,9 @@ class _Inbox:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def get_nowait(self) -> Any:
+        return self._items.popleft()
+
     async def get(self) -> Any:
         while not self._items:
             self._waiter = self._loop.create_future()
@@ -233,8 +236,16 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         self._buffer.clear()
         self.transport.close()
 
+    def receive_nowait(self) -> Any | None:
+        """A message already received, or None (`receive` would wait)."""
+        if self.queue.empty():
+            return None
+        return self._took(self.queue.get_nowait())
+
     async def receive(self) -> Any:
-        message = await self.queue.get()
+        return self._took(await self.queue.get())
+
+    def _took(self, message: Any) -> Any:
         if self.read_paused and self.queue.qsize() < MAX_QUEUED // 2:
             self.read_paused = False
             self.transport.resume_reading()

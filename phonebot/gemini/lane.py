@@ -50,6 +50,14 @@ class Lane(asyncio.Protocol):
         connection.transport.set_protocol(lane)
         return lane
 
+    def waiting(self) -> bool:
+        """Whether a message is here, read and not yet taken."""
+        return bool(self._messages)
+
+    def next_nowait(self) -> bytes | None:
+        """The next message if one is here (None: `next` would wait, or websockets reads now)."""
+        return self._take() if self._messages else None
+
     async def next(self) -> bytes | None:
         """The next message; None once websockets reads the connection (`recv()` it there)."""
         while not self._messages:
@@ -60,6 +68,9 @@ class Lane(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+        return self._take()
+
+    def _take(self) -> bytes:
         message = self._messages.popleft()
         if self._paused and len(self._messages) < MAX_QUEUED // 2:
             self._paused = False

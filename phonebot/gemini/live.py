@@ -20,6 +20,7 @@ from websockets.protocol import State
 from phonebot import wsframe
 from phonebot.business import Business
 from phonebot.call.ports import (
+    BotAudio,
     CallInfo,
     HistoryTurn,
     ModelClosed,
@@ -60,6 +61,8 @@ _REFUSED = {1007, 1008}
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
+# The model's audio already waiting when a chunk is read goes with it, up to this much (100 ms).
+GATHER_BYTES = OUTPUT_RATE * 2 // 10
 
 log = structlog.get_logger(__name__)
 
@@ -203,15 +206,36 @@ class LiveSession:
                 code, reason = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (1006, "no close frame")
                 yield ModelClosed(code, reason)
                 return
-            try:
-                events = wire.parse(raw, self._skip)
-            except ValueError as error:  # one garbled message is not worth a call
-                self.skipped.warning("model.bad_message", error=str(error)[:80], size=len(raw))
+            if (events := self._parse(raw)) is None:
                 continue
+            if lane is not None and len(events) == 1 and type(events[0]) is BotAudio and lane.waiting():
+                events = self._gather_audio(lane, events[0].pcm)
             for event in events:
                 yield event
                 if isinstance(event, ModelClosed):
                     return
+
+    def _parse(self, raw: bytes) -> list[ModelEvent] | None:
+        try:
+            return wire.parse(raw, self._skip)
+        except ValueError as error:  # one garbled message is not worth a call
+            self.skipped.warning("model.bad_message", error=str(error)[:80], size=len(raw))
+            return None
+
+    def _gather_audio(self, lane: Lane, pcm: bytes) -> list[ModelEvent]:
+        """Where the call has fallen behind (more of the model's audio already received, unread),
+        that audio goes with this chunk, up to `GATHER_BYTES`: one resampling and one write to the
+        caller instead of several, for audio already late (as the caller's side does)."""
+        parts, size = [pcm], len(pcm)
+        while size < GATHER_BYTES and (raw := lane.next_nowait()) is not None:
+            if (events := self._parse(raw)) is None:
+                continue
+            if len(events) == 1 and type(events[0]) is BotAudio:
+                parts.append(events[0].pcm)
+                size += len(events[0].pcm)
+                continue
+            return [BotAudio(b"".join(parts)), *events]
+        return [BotAudio(b"".join(parts))]
 
     def _skip(self, part: str, why: str) -> None:
         self.skipped.warning("model.bad_part", part=part, error=why)

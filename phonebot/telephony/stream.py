@@ -32,6 +32,9 @@ SILENT_LINE_CHECK_S = 2.0
 # Twilio sends `connected` and `start` as soon as the socket opens. Whatever a peer sends, it
 # has this long from the socket opening to `start`, or the socket is closed.
 START_DEADLINE_S = 10.0
+# Caller audio already waiting when a frame is read goes with it, up to this much (100 ms).
+GATHER_BYTES = 5 * FRAME_BYTES
+_SKIP: Any = object()  # a bad message, counted and skipped
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +44,8 @@ class _Direct(Protocol):
     Starlette's per-message layers (a media stream is 50 messages a second each way)."""
 
     async def receive(self) -> Any: ...
+
+    def receive_nowait(self) -> Any | None: ...
 
     def send_text_now(self, text: str) -> bool: ...
 
@@ -83,11 +88,17 @@ class MediaStream:
         # still hear the apology), unread frames wait in the socket and no timer runs.
         self._last_message = self._loop.time()
         self._watchdog = self._loop.call_later(SILENT_LINE_CHECK_S, self._check_line)
-        while (message := await _next_message(self._ws, self.skipped, self._direct)) is not None:
+        direct, held, closed = self._direct, None, False
+        while (message := held or await _next_message(self._ws, self.skipped, direct)) is not None:
+            held = None
             self._last_message = self._loop.time()
             match message:
                 case messages.Media(mulaw=mulaw, track="inbound") if mulaw:
+                    if direct is not None:
+                        mulaw, held, closed = self._gather(direct, mulaw)
                     yield CallerAudio(codec.mulaw_to_pcm(mulaw))
+                    if closed:
+                        break
                 case messages.Dtmf(digit=digit):
                     yield CallerDigit(digit)
                 case messages.Mark(name=name):
@@ -126,6 +137,23 @@ class MediaStream:
         self._marks.clear()
         self._sent = self._queued
         await self._send(messages.clear(self.stream_sid))
+
+    def _gather(self, direct: _Direct, mulaw: bytes) -> tuple[bytes, messages.Message | None, bool]:
+        """Where the call has fallen behind (more of the caller's audio already received, unread),
+        those frames go with this one, up to `GATHER_BYTES`: audio already late is not made later
+        by going to the model as one message, and each message saved is a write, a TLS record and
+        a trip through the call, so an overloaded core catches up rather than falling further
+        behind. Returns the audio, the message read past it (if any), and whether the socket closed."""
+        parts = [mulaw]
+        size = len(mulaw)
+        while size < GATHER_BYTES and (received := direct.receive_nowait()) is not None:
+            follow = _interpret(received, self.skipped)
+            if isinstance(follow, messages.Media) and follow.track == "inbound":
+                parts.append(follow.mulaw)
+                size += len(follow.mulaw)
+            elif follow is not _SKIP:
+                return b"".join(parts), follow, follow is None
+        return b"".join(parts), None, False
 
     async def redirect(self, say: str | None = None, dial: str | None = None) -> None:
         try:
@@ -219,15 +247,24 @@ async def _next_message(
             received = await (websocket.receive() if direct is None else direct.receive())
         except (WebSocketDisconnect, RuntimeError):
             return None
-        if received["type"] == "websocket.disconnect":
-            if received.get("code") == 1009:  # uvicorn refused a message over ws_max_size
-                log.warning("stream.message_too_big", limit=messages.MAX_MESSAGE_BYTES)
-            return None
-        text = received.get("text")
-        if text is None:  # Twilio sends only text frames
-            skipped.warning("stream.binary_frame", size=len(received.get("bytes") or b""))
-            continue
-        try:
-            return messages.parse(text)
-        except messages.ProtocolError as error:
-            skipped.warning("stream.bad_message", error=str(error), size=len(text))
+        message = _interpret(received, skipped)
+        if message is not _SKIP:
+            return message
+
+
+def _interpret(received: Any, skipped: Skipped) -> Any:
+    """A received ASGI event as a message; None for the socket closing, `_SKIP` for a bad one
+    (counted)."""
+    if received["type"] == "websocket.disconnect":
+        if received.get("code") == 1009:  # uvicorn refused a message over ws_max_size
+            log.warning("stream.message_too_big", limit=messages.MAX_MESSAGE_BYTES)
+        return None
+    text = received.get("text")
+    if text is None:  # Twilio sends only text frames
+        skipped.warning("stream.binary_frame", size=len(received.get("bytes") or b""))
+        return _SKIP
+    try:
+        return messages.parse(text)
+    except messages.ProtocolError as error:
+        skipped.warning("stream.bad_message", error=str(error), size=len(text))
+        return _SKIP

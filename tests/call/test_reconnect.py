@@ -53,6 +53,15 @@ async def checkpoint(service: Service, session: FakeLiveSession, handle: str, wa
     await wait_until(lambda: model_of(service).handle == handle)
 
 
+def covered_message(session: FakeLiveSession) -> tuple[int, int]:
+    """A client message two thirds into the call (as a handle's consumed index names it), and the
+    caller audio in messages up to it. Frames that reach the service together go to the model
+    as one message, so messages are counted as the model got them, not as frames."""
+    covered = len(session.messages) * 2 // 3
+    assert session.audio_through[covered - 1] > 0  # past the greeting cue: some audio is covered
+    return covered, session.audio_through[covered - 1]
+
+
 async def assert_resumed_exactly(session: FakeLiveSession, stream: CallerStream, since: int) -> None:
     """`session` got every caller frame from `since` on, in order, once: nothing missing, nothing more."""
     await session.wait_for_audio((stream.sent - since) * PCM16K_PER_FRAME)
@@ -282,19 +291,20 @@ async def test_consumed_index_trims_the_outbox_exactly(
 ) -> None:
     """Where the service says which message a handle covers (Vertex's transparent mode), trust it."""
     stream = CallerStream()
-    call, first = await start(service, gemini, stream, wait_until)  # message 1: greeting cue; 2..51: frames 0..49
+    call, first = await start(service, gemini, stream, wait_until)  # message 1: greeting cue; then frames 0..49
     assert "transparent" not in str(first.setup)  # the Gemini API refuses the option: never asked there
-    covered_frames = 30
+    covered, covered_bytes = covered_message(first)
     gemini.issued_handles.add("h1")
-    update = {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(1 + covered_frames)}
+    update = {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(covered)}
     await first.send({"sessionResumptionUpdate": update})
     await wait_until(lambda: model_of(service).handle == "h1")
     await first.send_go_away("10s")
     second = await gemini.next_session()
     await stream.send(call, 10)
-    await second.wait_for_audio((stream.sent - covered_frames) * PCM16K_PER_FRAME)
+    await second.wait_for_audio(stream.sent * PCM16K_PER_FRAME - covered_bytes)
     await asyncio.sleep(0.05)
-    assert bytes(second.audio) == stream.expected(covered_frames)  # frames 30.. were not in the state yet
+    # What the state did not hold yet, and only that:
+    assert bytes(second.audio) == stream.pcm16k[covered_bytes : stream.sent * PCM16K_PER_FRAME]
     await call.stop()
 
 
@@ -315,12 +325,13 @@ async def test_a_long_outage_keeps_the_newest_audio_up_to_the_bound(
     second = await gemini.next_session(timeout=10)
     await stream.send(call, 5)
     await wait_until(lambda: bytes(second.audio).endswith(stream.expected(stream.sent - 5)))
-    model = model_of(service)
-    assert 30 <= model.dropped_audio_messages <= 50  # 1 s said, 0.2 s kept (give or take the reconnect)
+    # Frames that waited together went as one message: count what was dropped in frames.
+    dropped, odd = divmod(model_of(service).dropped_audio_bytes, PCM16K_PER_FRAME)
+    assert 30 <= dropped <= 50 and not odd  # 1 s said, 0.2 s kept (give or take the reconnect)
     received = bytes(second.audio)
     assert received.startswith(stream.expected(since, since + 10))  # what the old connection had is kept
     kept = len(received) // PCM16K_PER_FRAME - 10 - 5
-    assert kept == 50 - model.dropped_audio_messages
+    assert kept == 50 - dropped
     newest = stream.expected(stream.sent - 5 - kept, stream.sent - 5)
     assert received[10 * PCM16K_PER_FRAME :].startswith(newest)
     await call.stop()

@@ -24,7 +24,7 @@ from google.genai import types
 from phonebot.app import tool_specs
 from phonebot.gemini.live import KEEPALIVE, GeminiLive
 from phonebot.settings import Settings
-from tests.call.test_reconnect import PCM16K_PER_FRAME, CallerStream, model_of, start
+from tests.call.test_reconnect import PCM16K_PER_FRAME, CallerStream, covered_message, model_of, start
 from tests.conftest import make_settings, running
 from tests.fakes.gemini_live import FakeLiveServer
 from tests.fakes.google_token import TokenServer
@@ -73,16 +73,16 @@ async def test_a_call_over_vertex_ai_resumes_transparently(
     connector = GeminiLive(settings, tool_specs(settings), None, client=client)
     async with running(settings, connector=connector) as service:
         stream = CallerStream()
-        call, first = await start(service, gemini, stream, wait_until)  # message 1: greeting cue; 2..51: frames 0..49
+        call, first = await start(service, gemini, stream, wait_until)  # message 1: greeting cue; then frames 0..49
         # Application Default Credentials: a token from the service account's token endpoint.
         assert first.vertex and first.headers["authorization"] == "Bearer ya29.fake-1"
         assert vertex_env.grants[0]["scope"] == "https://www.googleapis.com/auth/cloud-platform"
         assert first.model == f"projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/gemini-3.8-live"
         assert first.setup["sessionResumption"] == {"transparent": True}
 
-        covered = 30  # the handle's state holds the greeting cue and frames 0..29
+        covered, covered_bytes = covered_message(first)  # the handle's state holds messages 1..covered
         gemini.issued_handles.add("h1")
-        update = {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(1 + covered)}
+        update = {"newHandle": "h1", "resumable": True, "lastConsumedClientMessageIndex": str(covered)}
         await first.send({"sessionResumptionUpdate": update})
         await wait_until(lambda: model_of(service).handle == "h1")
         await first.send_go_away("10s")
@@ -90,8 +90,9 @@ async def test_a_call_over_vertex_ai_resumes_transparently(
         assert second.setup["sessionResumption"] == {"handle": "h1", "transparent": True}
         assert second.headers["authorization"] == "Bearer ya29.fake-1"  # still valid: not fetched again
         await stream.send(call, 10)
-        await second.wait_for_audio((stream.sent - covered) * PCM16K_PER_FRAME)
+        await second.wait_for_audio(stream.sent * PCM16K_PER_FRAME - covered_bytes)
         await asyncio.sleep(0.05)
-        assert bytes(second.audio) == stream.expected(covered)  # frames 30.. were not in the state yet
+        # What the state did not hold yet, and only that:
+        assert bytes(second.audio) == stream.pcm16k[covered_bytes : stream.sent * PCM16K_PER_FRAME]
         assert not second.texts  # the greeting cue was
         await call.stop()

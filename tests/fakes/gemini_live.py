@@ -154,7 +154,10 @@ def _message_kind(message: dict[str, Any]) -> tuple[str, Any]:
     return _CLIENT_MESSAGE_KINDS[key], body
 
 
-def _audio_message(pcm: bytes) -> dict[str, Any]:
+_PCM16K_FRAME_BYTES = 640  # 20 ms of the service's 16 kHz audio
+
+
+def audio_message(pcm: bytes) -> dict[str, Any]:
     # Server->client bytes use the standard base64 alphabet (protobuf JSON output).
     inline = {"mimeType": OUTPUT_MIME_TYPE, "data": base64.b64encode(pcm).decode("ascii")}
     return {"serverContent": {"modelTurn": {"parts": [{"inlineData": inline}]}}}
@@ -204,7 +207,11 @@ class FakeLiveSession:
         self.headers: Headers = ws.request.headers if ws.request else Headers()
         self.messages: list[dict[str, Any]] = []
         self.audio = bytearray()
-        self.audio_times: list[float] = []  # monotonic arrival time of each audio message
+        # Monotonic arrival time of each 20 ms of caller audio: a message carrying several frames
+        # (the service sends frames that waited together as one) counts once per frame.
+        self.audio_times: list[float] = []
+        # Caller audio bytes in client messages 1..n at [n - 1] (what a consumed message index covers).
+        self.audio_through: list[int] = []
         self.audio_mime_types: set[str] = set()
         self.texts: list[str] = []
         self.client_contents: list[dict[str, Any]] = []
@@ -250,6 +257,7 @@ class FakeLiveSession:
             "context_update": self._on_context_update,
         }
         handlers[kind](body)
+        self.audio_through.append(len(self.audio))
 
     def _on_repeated_setup(self, body: dict[str, Any]) -> None:
         raise _ProtocolError(CLOSE_INVALID_PAYLOAD, "setup must only be sent once, as the first message.")
@@ -271,8 +279,9 @@ class FakeLiveSession:
         if not isinstance(blob, dict):
             reason = "Invalid value at realtime_input.audio: expected a Blob."
             raise _ProtocolError(CLOSE_INVALID_PAYLOAD, reason)
-        self.audio.extend(_decode_base64(blob.get("data", "")))
-        self.audio_times.append(time.monotonic())
+        data = _decode_base64(blob.get("data", ""))
+        self.audio.extend(data)
+        self.audio_times.extend([time.monotonic()] * max(1, round(len(data) / _PCM16K_FRAME_BYTES)))
         mime_type = _field(blob, "mime_type")
         if mime_type:
             self.audio_mime_types.add(mime_type)
@@ -345,6 +354,17 @@ class FakeLiveSession:
         text = json.dumps(message)
         await self._ws.send(text.encode() if self._binary_frames else text)
 
+    async def send_together(self, messages: list[dict[str, Any]]) -> None:
+        """Several server messages in one write, as a burst arrives: the service reads them all
+        before its call takes the first."""
+        for message in messages:
+            text = json.dumps(message).encode()
+            if self._binary_frames:
+                self._ws.protocol.send_binary(text)
+            else:
+                self._ws.protocol.send_text(text)
+        self._ws.transport.write(b"".join(self._ws.protocol.data_to_send()))
+
     async def send_raw(self, data: str | bytes) -> None:
         """Send one frame exactly as given (text for str, binary for bytes): for malformed-message tests."""
         await self._ws.send(data)
@@ -364,7 +384,7 @@ class FakeLiveSession:
             if realtime:
                 # Deadlines come from one start time, so pacing does not drift.
                 await _sleep_until(started + offset / OUTPUT_BYTES_PER_SECOND)
-            await self.send(_audio_message(pcm24k[offset : offset + chunk_bytes]))
+            await self.send(audio_message(pcm24k[offset : offset + chunk_bytes]))
             if send_time_log is not None:
                 send_time_log.append((time.monotonic(), offset))
 

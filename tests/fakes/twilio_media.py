@@ -184,6 +184,14 @@ class FakeTwilioCall:
         """Send any frame: text for str, binary for bytes (for malformed-message tests)."""
         await self._connection().send(data)
 
+    async def send_together(self, messages: list[dict[str, Any]]) -> None:
+        """Several messages in one write, as a backlog arrives after a stall: the service reads
+        them all before its call takes the first."""
+        connection = self._connection()
+        for message in messages:
+            connection.protocol.send_text(json.dumps(message).encode())
+        connection.transport.write(b"".join(connection.protocol.data_to_send()))
+
     async def send_event(self, message: dict[str, Any]) -> None:
         """Send any JSON message as-is (no sequenceNumber added)."""
         await self._send_json(message)

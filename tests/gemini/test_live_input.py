@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from phonebot import codec
 from tests.call.test_tool_runtime import wait_for_response
 from tests.conftest import Service
-from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
+from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession, audio_message
 from tests.phone import FORM, Intact, answer
 
 # Each is one server message a careless or broken service might send.
@@ -159,6 +160,26 @@ async def test_pings_and_a_message_in_fragments_reach_the_call(
     heard = [("bot", "Hello in three parts")]
     await wait_until(lambda: [(turn.role, turn.text) for turn in active.record.turns] == heard)
     assert active.model.reconnects == 0 and not session.closed.is_set()
+    await call.stop()
+
+
+async def test_model_audio_already_waiting_reaches_the_caller_whole(
+    service: Service, gemini: FakeLiveServer, wait_until: Any
+) -> None:
+    """A burst of the model's audio read at once (the call behind it) goes to the caller together:
+    the same bytes as chunk by chunk, and what came after it (the turn's end) still after it."""
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    rng = random.Random(3)
+    pcm = bytes(rng.randrange(256) for _ in range(12 * 1920 + 960))  # 12.5 chunks of 40 ms
+    chunks = [pcm[at : at + 1920] for at in range(0, len(pcm), 1920)]
+    end = [{"serverContent": {"generationComplete": True}}, {"serverContent": {"turnComplete": True}}]
+    await session.send_together([*map(audio_message, chunks), *end])
+    expected = codec.pcm_to_mulaw(codec.Downsampler24to8().process(pcm))
+    await call.wait_for_audio(len(expected))
+    # The turn's last mark comes behind all of its audio, once played.
+    await wait_until(lambda: call.marks_sent_back and call.marks_sent_back[-1].endswith(f":{len(expected)}"))
+    assert bytes(call.received_audio) == expected
     await call.stop()
 
 

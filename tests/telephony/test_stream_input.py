@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import random
 import time
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from phonebot import codec
 from phonebot.telephony import messages
 from tests.conftest import Service
-from tests.fakes.gemini_live import FakeLiveServer
+from tests.fakes.gemini_live import FakeLiveServer, FakeLiveSession
 from tests.fakes.twilio_media import FakeTwilioCall
 from tests.phone import FORM, Intact, another_caller, answer
 from tests.served import serve
@@ -228,3 +230,42 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
+
+
+def _message_sizes(session: FakeLiveSession, since: int) -> list[int]:
+    """Caller audio bytes in each client message after the first `since`."""
+    return [end - start for start, end in itertools.pairwise(session.audio_through[since - 1 :])]
+
+
+async def test_caller_audio_already_waiting_goes_to_the_model_together(
+    service: Service, gemini: FakeLiveServer
+) -> None:
+    """A call that fell behind (several messages read at once, none taken yet) sends the frames
+    waiting as one message, up to 100 ms, in order with what came between them: every byte, once."""
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    rng = random.Random(7)
+    frames = [bytes(rng.randrange(256) for _ in range(160)) for _ in range(9)]
+    media = [_media(call, base64.b64encode(frame).decode()) for frame in frames]
+    dtmf = {"event": "dtmf", "sequenceNumber": "9", "streamSid": call.stream_sid, "dtmf": {"digit": "5"}}
+    before = len(session.audio_through)
+    await call.send_together([*media[:7], _media(call, "!not base64"), media[7], dtmf, media[8]])
+    expected = codec.Upsampler8to16().process(codec.mulaw_to_pcm(b"".join(frames)))
+    await session.wait_for_audio(len(expected))
+    await session.wait_for_text("pressed 5")
+    assert bytes(session.audio) == expected
+    # 5 frames (the most sent together), the 3 up to the digit (the bad one skipped), the digit, the last:
+    assert _message_sizes(session, before) == [5 * 640, 3 * 640, 0, 640]
+    assert service.calls.active[FORM["CallSid"]].caller.skipped.counts == {"stream.bad_message": 1}
+    await call.stop()
+
+
+async def test_one_frame_at_a_time_goes_as_it_comes(service: Service, gemini: FakeLiveServer) -> None:
+    call, session = await answer(service, gemini)
+    await session.wait_for_text("Greet")
+    before = len(session.audio_through)
+    for index in range(5):
+        await call.send_audio(bytes([index]) * 160, realtime=False)
+        await session.wait_for_audio((index + 1) * 640)
+    assert _message_sizes(session, before) == [640] * 5
+    await call.stop()
