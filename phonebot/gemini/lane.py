@@ -20,14 +20,16 @@ from typing import Any
 from phonebot import wsframe
 
 CONT, TEXT, BINARY, CLOSE = 0x0, 0x1, 0x2, 0x8
-MAX_QUEUED = 64  # messages read ahead of the call before the socket is left unread
 
 
 class Lane(asyncio.Protocol):
-    def __init__(self, connection: Any, max_size: int | None) -> None:
+    def __init__(self, connection: Any, max_size: int | None, max_queue: int) -> None:
         self._ws = connection  # websockets' ClientConnection: the transport's protocol until now
         self._transport = connection.transport
         self._max_size = max_size
+        # Messages read ahead of the call before the socket is left unread: as websockets' own
+        # max_queue, since what is behind them (the keepalive's pongs) goes unread too.
+        self._max_queue = max_queue
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._messages: deque[bytes] = deque()
@@ -36,7 +38,7 @@ class Lane(asyncio.Protocol):
         self.handed_back = False  # websockets reads everything from here on
 
     @classmethod
-    def install(cls, connection: Any, max_size: int | None) -> Lane | None:
+    def install(cls, connection: Any, max_size: int | None, max_queue: int) -> Lane | None:
         """Read `connection`'s data frames here from now on; None (websockets keeps reading) when it
         already holds bytes or messages unread, or is not the websockets this was written for."""
         reader = getattr(getattr(connection, "protocol", None), "reader", None)
@@ -46,7 +48,7 @@ class Lane(asyncio.Protocol):
             return None
         if getattr(connection, "transport", None) is None:
             return None
-        lane = cls(connection, max_size)
+        lane = cls(connection, max_size, max_queue)
         connection.transport.set_protocol(lane)
         return lane
 
@@ -72,7 +74,7 @@ class Lane(asyncio.Protocol):
 
     def _take(self) -> bytes:
         message = self._messages.popleft()
-        if self._paused and len(self._messages) < MAX_QUEUED // 2:
+        if self._paused and len(self._messages) < self._max_queue // 2:
             self._paused = False
             self._transport.resume_reading()
         return message
@@ -127,7 +129,7 @@ class Lane(asyncio.Protocol):
         del buffer[:pos]
         if self._messages:
             self._wake()
-            if not self._paused and len(self._messages) >= MAX_QUEUED:
+            if not self._paused and len(self._messages) >= self._max_queue:
                 self._paused = True
                 self._transport.pause_reading()
 

@@ -48,7 +48,7 @@ from phonebot.tools.spec import ToolSpec, offered
 # compression: websockets offers permessage-deflate unless told not to, and a server that takes it
 # deflates every audio message: CPU both ways for a little bandwidth, and `lane.py` hands every
 # compressed frame back to websockets (as does the Twilio side: `ws_per_message_deflate` is off).
-KEEPALIVE = {
+KEEPALIVE: dict[str, Any] = {
     "ping_interval": 10.0,
     "ping_timeout": 20.0,
     "close_timeout": 1.0,
@@ -145,7 +145,8 @@ class LiveSession:
     ) -> None:
         self._session = session
         self._ws = session._ws  # the SDK keeps its websocket here; `wire` writes what the SDK would
-        self._lane = Lane.install(self._ws, int(KEEPALIVE["max_size"]))  # its messages read off it directly
+        # Its messages read off it directly, with websockets' own limits.
+        self._lane = Lane.install(self._ws, int(KEEPALIVE["max_size"]), int(KEEPALIVE["max_queue"]))
         self._stack = stack
         self._capabilities = capabilities
         self._context = context  # what the system instructions say about this call
