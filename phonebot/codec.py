@@ -150,13 +150,8 @@ class Upsampler8to16:
         self._pcm = _PcmStream()
         padded = np.concatenate((self.TAPS, np.zeros(-len(self.TAPS) % self.FACTOR)))
         # Column p holds the taps of output phase p, ordered oldest input sample first.
-        phases = padded.reshape(-1, self.FACTOR)[::-1]
-        self._width = len(phases)
-        # A half-band filter: phase 1 has a single tap (the sinc's zeros are the others), so that
-        # phase is one sample scaled, not a dot product. The same sums, so the same bytes.
-        self._even = phases[:, 0].copy()
-        (self._odd_at,) = np.flatnonzero(phases[:, 1])
-        self._odd_gain = float(phases[self._odd_at, 1])
+        self._phases = padded.reshape(-1, self.FACTOR)[::-1].copy()
+        self._width = len(self._phases)
         self.reset()
 
     def reset(self) -> None:
@@ -172,9 +167,7 @@ class Upsampler8to16:
 
     def _block(self, x: np.ndarray) -> bytes:
         buf = np.concatenate((self._history, x), dtype=_F64)
-        n = len(x)
-        out = np.empty(n * self.FACTOR, dtype=_F64)  # the phases interleaved: y[2n], y[2n+1]
-        out[0::2] = np.correlate(buf, self._even)  # the windows dotted with the taps, without copying them
-        np.multiply(buf[self._odd_at : self._odd_at + n], self._odd_gain, out=out[1::2])
-        self._history = buf[n:]
+        windows = np.ndarray((len(x), self._width), dtype=_F64, buffer=buf, strides=(8, 8))
+        out = np.dot(windows, self._phases).ravel()  # rows interleave the phases: y[2n], y[2n+1]
+        self._history = buf[len(x) :]
         return _to_pcm16(out)
